@@ -1,0 +1,156 @@
+"""Build a tiny random-weight LLaVA-1.5-shaped checkpoint on disk (no model hub).
+
+Real processor classes (CLIPImageProcessor + LlavaProcessor), a locally trained BPE
+tokenizer with a chat template, a CLIP tower at 336 px / patch 14 (576 image tokens)
+and a small Llama. Used by the tests and by ``scripts/demo``; the weights are random,
+so only equality between code paths means anything, never the text.
+
+    python -m zspa_vllm.testing.tiny_llava /tmp/tiny-llava
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or part['type'] == 'image_url' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+_CORPUS = [
+    "what is in this image? describe the picture in detail.",
+    "how many objects are there, and what colour is the car on the left?",
+    "read the text in the sign. is there a cat or a dog? where is the person standing?",
+    "USER: ASSISTANT: the image shows a red bus on a street next to a tall building.",
+    "count the apples on the table; compare the sky with the sea; answer yes or no.",
+]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
+    """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=336,
+        patch_size=14,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,  # 4 heads of 32: the CPU attention kernels need head_dim >= 32
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    # Default init (std 0.02) makes every logit nearly equal, so any kept set would give
+    # the same next-token distribution. Larger weights make the output depend clearly on
+    # WHICH visual tokens were kept: the equivalence tests must be able to fail.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "vision_tower" not in name:
+                p.normal_(0.0, 0.25)
+    model.save_pretrained(path)
+    _rename_vision_tower_keys(path, load_file, save_file)
+
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+        ),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _rename_vision_tower_keys(path: Path, load_file, save_file) -> None:
+    """transformers 5 saves ``vision_tower.*``; llava-hf checkpoints (and vLLM's loader)
+    use ``vision_tower.vision_model.*``."""
+    for shard in path.glob("*.safetensors"):
+        tensors = load_file(shard)
+        renamed = {}
+        for key, value in tensors.items():
+            for prefix in ("model.vision_tower.", "vision_tower."):
+                if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+                    key = prefix + "vision_model." + key[len(prefix) :]
+                    break
+            renamed[key] = value.contiguous()
+        save_file(renamed, shard, metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.exists():  # only for sharded checkpoints; ours is one file
+        data = json.loads(index.read_text())
+        raise NotImplementedError(f"sharded checkpoint: {len(data['weight_map'])} keys")
+
+
+if __name__ == "__main__":
+    print(build_tiny_llava(sys.argv[1] if len(sys.argv) > 1 else "tiny-llava"))
