@@ -87,7 +87,7 @@ def main() -> None:
             keep = pruning.keep_count(n, ratio)
             for method in args.methods:
                 times = _time(
-                    lambda m=method, k=keep: pruning.select(m, visual, prompt, k),
+                    lambda m=method, k=keep, v=visual, p=prompt: pruning.select(m, v, p, k),
                     device,
                     args.repeats,
                     args.budget_s,

@@ -1,0 +1,71 @@
+"""One real vLLM engine (CPU build, in-process) on a tiny random-weight LLaVA."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Before vLLM is imported: one process (no engine-core / worker spawn, ~4 s start-up)
+# and nothing may try the model hub.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+PROMPT = "USER: <image>\n{q} ASSISTANT:"
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> str:
+    from zspa_vllm.testing.tiny_llava import build_tiny_llava
+
+    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava")))
+
+
+def engine_kwargs(path: str, **overrides) -> dict:
+    return (
+        {
+            "model": path,
+            "dtype": "float32",
+            "enforce_eager": True,
+            "distributed_executor_backend": "uni",
+            "max_model_len": 2048,
+            "seed": 0,
+            "enable_prefix_caching": True,
+            "limit_mm_per_prompt": {"image": 4},
+        }
+        | json.loads(os.environ.get("ZSPA_TEST_ENGINE_OVERRIDES", "{}"))
+        | overrides
+    )
+
+
+@pytest.fixture(scope="session")
+def llm(tiny_llava):
+    from vllm import LLM
+
+    engine = LLM(**engine_kwargs(tiny_llava))
+    yield engine
+    del engine
+
+
+def image(seed: int, size: int = 336) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8"))
+
+
+def request(question: str, *images: Image.Image, **prune) -> dict:
+    placeholders = "".join("<image>" for _ in images)
+    return {
+        "prompt": f"USER: {placeholders}\n{question} ASSISTANT:",
+        "multi_modal_data": {"image": list(images)} if images else {},
+        "mm_processor_kwargs": prune,
+    }
+
+
+def greedy(n: int = 4, logprobs: int = 5):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=n, temperature=0.0, logprobs=logprobs)

@@ -1,0 +1,210 @@
+"""The plugin inside the real vLLM 0.32 engine (CPU) on a tiny random-weight LLaVA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.integration.conftest import greedy, image, request
+from zspa_vllm import pruning
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+RATIOS = [0.0, 0.5, 0.75, 0.9]
+QUESTION = "what is in this image?"
+IMAGE_TOKEN_ID = 4  # <image>: the fifth special token of the tiny tokenizer (tiny_llava.py)
+
+
+def image_tokens(ids) -> int:
+    return sum(1 for t in ids if t == IMAGE_TOKEN_ID)
+
+
+def text_token_count(llm, question: str) -> int:
+    tok = llm.get_tokenizer()
+    return len(tok(f"USER: \n{question} ASSISTANT:", add_special_tokens=True).input_ids)
+
+
+def generate(llm, *reqs, n: int = 4):
+    return llm.generate(list(reqs), greedy(n), use_tqdm=False)
+
+
+def signature(out) -> tuple:
+    """Greedy tokens and the first step's top logprobs, rounded for float32 noise."""
+    first = out.outputs[0].logprobs[0]
+    return (
+        tuple(out.outputs[0].token_ids),
+        tuple(sorted((t, round(lp.logprob, 3)) for t, lp in first.items())),
+    )
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_prompt_length(llm, ratio):
+    (out,) = generate(llm, request(QUESTION, image(0), prune_ratio=ratio))
+    assert len(out.prompt_token_ids) == text_token_count(llm, QUESTION) + pruning.keep_count(
+        576, ratio
+    )
+
+
+def hf_logprobs(path: str, prompt_ids: list[int], img, question: str, select) -> torch.Tensor:
+    """Next-token log-probs of the HF model fed inputs_embeds pruned outside vLLM."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    pixels = processor.image_processor(img, return_tensors="pt")["pixel_values"]
+    cfg = model.config
+    with torch.no_grad():
+        feats = model.get_image_features(
+            pixel_values=pixels,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        )
+        feats = getattr(feats, "pooler_output", feats)  # transformers 5 wraps the output
+        feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(-1, 128)
+        table = model.get_input_embeddings()
+        # DESIGN §1: the prompt's text tokens = the templated prompt minus image
+        # placeholders minus special tokens, embedded with the LLM's own table.
+        tok = processor.tokenizer
+        text = tok(f"USER: <image>\n{question} ASSISTANT:").input_ids
+        text = [t for t in text if t != cfg.image_token_index and t not in tok.all_special_ids]
+        keep = sum(1 for t in prompt_ids if t == cfg.image_token_index)
+        kept = feats[select(feats, table(torch.tensor(text)), keep)]
+        ids = torch.tensor(prompt_ids)
+        embeds = table(ids.clamp(max=table.num_embeddings - 1))
+        embeds[ids == cfg.image_token_index] = kept
+        logits = model(inputs_embeds=embeds[None]).logits[0, -1]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_matches_hf_with_pruning_outside_vllm(llm, tiny_llava, ratio):
+    img = image(1)
+    (out,) = generate(llm, request(QUESTION, img, prune_ratio=ratio))
+    want = hf_logprobs(tiny_llava, out.prompt_token_ids, img, QUESTION, pruning.zspa_select)
+    got = out.outputs[0].logprobs[0]
+    assert out.outputs[0].token_ids[0] == int(want.argmax())
+    for token, lp in got.items():
+        assert lp.logprob == pytest.approx(float(want[token]), abs=1e-3)
+    # The comparison can fail: another kept set (same count) gives clearly other logprobs.
+    other = hf_logprobs(tiny_llava, out.prompt_token_ids, img, QUESTION, pruning.uniform_select)
+    assert max(abs(lp.logprob - float(other[t])) for t, lp in got.items()) > 1e-2
+
+
+def run_isolated(tiny_llava: str, env: dict, reqs: list[dict]) -> list:
+    """Generate in a fresh process (the plugin registers once per process)."""
+    code = f"""
+import json, os, sys
+sys.path.insert(0, {os.getcwd()!r})
+from tests.integration.conftest import engine_kwargs, greedy, image, request
+from tests.integration.test_llava import signature
+from vllm import LLM
+llm = LLM(**engine_kwargs({tiny_llava!r}))
+reqs = [request(q, *[image(s) for s in seeds], **kw) for q, seeds, kw in json.loads(sys.argv[1])]
+outs = llm.generate(reqs, greedy(), use_tqdm=False)
+print("RESULT" + json.dumps([[list(o.prompt_token_ids), signature(o)] for o in outs]))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(reqs)],
+        capture_output=True,
+        text=True,
+        env=os.environ | env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+def test_ratio_zero_equals_plugin_disabled(llm, tiny_llava):
+    spec = [[QUESTION, [2], {}], ["count the apples", [3, 4], {"prune_ratio": 0.0}]]
+    stock = run_isolated(tiny_llava, {"ZSPA_DISABLE": "1"}, spec)
+    outs = generate(
+        llm, request(QUESTION, image(2)), request("count the apples", image(3), image(4))
+    )
+    for (ids, sig), out in zip(stock, outs, strict=True):
+        assert ids == list(out.prompt_token_ids)
+        assert json.loads(json.dumps(signature(out))) == sig
+
+
+def test_plugin_disabled_really_is_stock(tiny_llava):
+    # Guards the test above: with ZSPA_DISABLE the ratio is ignored by stock vLLM
+    # (576 placeholders), so the two runs really compared plugin against stock.
+    ((ids, _),) = run_isolated(tiny_llava, {"ZSPA_DISABLE": "1"}, [[QUESTION, [2], {}]])
+    assert image_tokens(ids) == 576
+
+
+def test_same_image_different_prompts_never_share_pruned_tokens(llm):
+    img = image(5)
+    qa, qb = "what colour is the car?", "how many apples are on the table?"
+    solo_a = signature(generate(llm, request(qa, img, prune_ratio=0.75))[0])
+    solo_b = signature(generate(llm, request(qb, img, prune_ratio=0.75))[0])
+    assert solo_a != solo_b  # otherwise the test could not tell them apart
+    batch = generate(llm, request(qa, img, prune_ratio=0.75), request(qb, img, prune_ratio=0.75))
+    assert [signature(o) for o in batch] == [solo_a, solo_b]
+    # One after the other, with every cache warm, in both orders.
+    for q, want in ((qb, solo_b), (qa, solo_a), (qb, solo_b)):
+        assert signature(generate(llm, request(q, img, prune_ratio=0.75))[0]) == want
+
+
+def test_mixed_batch_equals_single_runs(llm):
+    methods = list(pruning.METHODS)
+    reqs = [
+        request(
+            f"question {i}: describe the picture",
+            image(10 + i),
+            prune_ratio=[0.0, 0.5, 0.75, 0.9][i % 4],
+            prune_method=methods[i % len(methods)],
+        )
+        for i in range(8)
+    ]
+    reqs[3]["multi_modal_data"]["image"].append(image(99))  # two images in one prompt
+    reqs[3]["prompt"] = reqs[3]["prompt"].replace("<image>", "<image><image>")
+    reqs[6]["mm_processor_kwargs"]["prune_core_ratio"] = 0.2
+    singles = [signature(generate(llm, r)[0]) for r in reqs]
+    batch = generate(llm, *reqs)
+    assert [signature(o) for o in batch] == singles
+    n_images = [len(r["multi_modal_data"]["image"]) for r in reqs]
+    for out, r, n in zip(batch, reqs, n_images, strict=True):
+        keep = pruning.keep_count(576, r["mm_processor_kwargs"]["prune_ratio"])
+        assert image_tokens(out.prompt_token_ids) == n * keep
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"prune_ratio": -0.1}, "prune_ratio"),
+        ({"prune_ratio": 1.0}, "prune_ratio"),
+        ({"prune_ratio": math.nan}, "prune_ratio"),
+        ({"prune_ratio": "abc"}, "prune_ratio"),
+        ({"prune_ratio": 0.5, "prune_method": "topk"}, "prune_method"),
+        ({"prune_ratio": 0.5, "prune_core_ratio": 2}, "prune_core_ratio"),
+        ({"prune_rato": 0.5}, "prune_rato"),
+    ],
+)
+def test_bad_options_are_rejected_and_the_engine_keeps_serving(llm, options, field):
+    with pytest.raises(ValueError, match=field):
+        generate(llm, request(QUESTION, image(0), **options))
+    (out,) = generate(llm, request(QUESTION, image(0), prune_ratio=0.5))
+    assert len(out.prompt_token_ids) == text_token_count(llm, QUESTION) + 288
+
+
+def test_client_cannot_smuggle_private_fields(llm):
+    # zspa_* keys are the processor->model channel; a client setting them directly
+    # must not bypass validation or change the token count.
+    (out,) = generate(llm, request(QUESTION, image(0), zspa_ratio=0.9))
+    assert image_tokens(out.prompt_token_ids) == 576
+
+
+def test_engine_default_and_request_override(tiny_llava):
+    # Engine default 0.75 (LLM(mm_processor_kwargs=...)); a request's 0 wins over it.
+    env = {"ZSPA_TEST_ENGINE_OVERRIDES": json.dumps({"mm_processor_kwargs": {"prune_ratio": 0.75}})}
+    outs = run_isolated(
+        tiny_llava, env, [[QUESTION, [0], {}], [QUESTION, [0], {"prune_ratio": 0.0}]]
+    )
+    assert [image_tokens(ids) for ids, _ in outs] == [144, 576]
