@@ -208,3 +208,34 @@ def test_engine_default_and_request_override(tiny_llava):
         tiny_llava, env, [[QUESTION, [0], {}], [QUESTION, [0], {"prune_ratio": 0.0}]]
     )
     assert [image_tokens(ids) for ids, _ in outs] == [144, 576]
+
+
+def test_stats_hook_reports_each_request_once(llm):
+    from zspa_vllm import stats
+
+    seen: list[stats.PruneStats] = []
+    unsubscribe = stats.add_listener(seen.append)
+    try:
+        reqs = [
+            request(QUESTION, image(30), prune_ratio=0.75, prune_method="random"),
+            request("compare", image(31), image(32), prune_ratio=0.5),
+            request(QUESTION, image(30), prune_ratio=0.75, prune_method="random"),  # cache hit
+            request(QUESTION, image(33)),  # pruning off
+            request("no image here"),
+        ]
+        outs = generate(llm, *reqs)
+    finally:
+        unsubscribe()
+    by_prompt = {s.prompt_token_ids: s for s in seen}
+    assert len(seen) == 4  # text-only prompts publish nothing
+    want = [(576, 144, 0.75, "random"), (1152, 576, 0.5, "zspa"), (576, 144, 0.75, "random")]
+    want.append((576, 576, 0.0, "zspa"))
+    for out, (before, after, ratio, method) in zip(outs, want, strict=False):
+        got = by_prompt[tuple(out.prompt_token_ids)]
+        assert (got.tokens_before, got.tokens_after, got.ratio, got.method) == (
+            before,
+            after,
+            ratio,
+            method,
+        )
+        assert image_tokens(out.prompt_token_ids) == after
