@@ -28,3 +28,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # actually passed must not look green.
     if exitstatus == 0 and _passed == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> str:
+    """A random-weight LLaVA-1.5-shaped checkpoint on disk (no model hub)."""
+    from zspa_vllm.testing.tiny_llava import build_tiny_llava
+
+    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava")))

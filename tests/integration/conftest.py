@@ -18,13 +18,6 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 PROMPT = "USER: <image>\n{q} ASSISTANT:"
 
 
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory) -> str:
-    from zspa_vllm.testing.tiny_llava import build_tiny_llava
-
-    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava")))
-
-
 def engine_kwargs(path: str, **overrides) -> dict:
     return (
         {

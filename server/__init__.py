@@ -1,0 +1,1 @@
+"""zspa-serve: vLLM's OpenAI-compatible server with per-request visual-token pruning."""

@@ -1,0 +1,107 @@
+"""``zspa-serve MODEL [any vllm serve option] [--prune-ratio R] [--prune-method M] ...``
+
+The same launch path as ``vllm serve`` (its parser, its ``ServeSubcommand.cmd``:
+single or multiple API servers, data parallel, headless), plus:
+
+* ``--prune-ratio / --prune-method / --prune-core-ratio``: defaults for requests that
+  do not set them, passed to the engine as ``mm_processor_kwargs`` defaults (so the
+  processor applies them; precedence request > these > built-in);
+* ``--max-request-body-bytes``: 413 above it;
+* our middleware, appended to vLLM's ``--middleware`` list so each API-server process
+  builds it into its app.
+
+Works where the ``vllm`` console script does not (the CPU wheel): nothing here reads
+vLLM's distribution metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zspa_vllm import config
+
+MIDDLEWARE = (
+    # Outermost last: vLLM applies them in order with add_middleware.
+    "server.middleware.PruningUsageMiddleware",
+    "server.security.ApiKeyMiddleware",
+    "server.security.BodySizeLimitMiddleware",
+)
+
+
+def make_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from server.security import DEFAULT_MAX_BODY_BYTES
+
+    parser = make_arg_parser(
+        FlexibleArgumentParser(
+            prog="zspa-serve",
+            description="vLLM's OpenAI-compatible server with per-request visual-token "
+            "pruning (ZSPAPrune). Every `vllm serve` option is accepted.",
+        )
+    )
+    group = parser.add_argument_group("visual-token pruning (zspa-vllm)")
+    group.add_argument(
+        "--prune-ratio",
+        type=float,
+        default=None,
+        help="Default share of each image's visual tokens to drop, in [0, 1) (0: off).",
+    )
+    group.add_argument(
+        "--prune-method",
+        choices=config.METHOD_NAMES,
+        default=None,
+        help="Default selector (built-in: zspa).",
+    )
+    group.add_argument(
+        "--prune-core-ratio",
+        type=float,
+        default=None,
+        help="Default share of the budget chosen by relevance, zspa only, in [0, 1].",
+    )
+    group.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="Reject larger request bodies with HTTP 413.",
+    )
+    return parser
+
+
+def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fold our options into vLLM's; exits with a clear message on a bad value."""
+    defaults = dict(args.mm_processor_kwargs or {})
+    for key, value in (
+        (config.RATIO_KEY, args.prune_ratio),
+        (config.METHOD_KEY, args.prune_method),
+        (config.CORE_RATIO_KEY, args.prune_core_ratio),
+    ):
+        if value is not None:
+            defaults[key] = value
+    try:
+        config.resolve(None, defaults)  # the processor would refuse every request later
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.max_request_body_bytes <= 0:
+        parser.error("--max-request-body-bytes must be a positive number of bytes")
+    args.mm_processor_kwargs = defaults or None
+    args.middleware = [*args.middleware, *(m for m in MIDDLEWARE if m not in args.middleware)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+
+    cli_env_setup()  # as `vllm serve`: spawn, not fork, for worker processes
+    parser = make_parser()
+    args = prepare(parser.parse_args(sys.argv[1:] if argv is None else argv), parser)
+    command = ServeSubcommand()
+    command.validate(args)
+    command.cmd(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Pruning options into vLLM's online renderer, without opening the trust gate.
+
+Every OpenAI route that renders prompts (chat, completions, responses, ...) goes
+through ``OnlineRenderer.preprocess_chat`` or ``preprocess_cmpl``, which first check
+the request's ``mm_processor_kwargs`` against ``--trust-request-mm-kwargs`` and then
+pass them on to the multimodal processor. We wrap both methods on the app's renderer
+instance:
+
+1. the client's own ``mm_processor_kwargs`` / ``media_io_kwargs`` get vLLM's check,
+   with the operator's flag (refused by default, exactly as in ``vllm serve``);
+2. the top-level ``prune_*`` fields are validated (``options.parse``) and merged in;
+   vLLM's own check then runs with trust on, as these keys are now ours, not the client's;
+3. once rendered, each prompt's pruning counts are claimed from the processor's stats
+   and added to the request's ``RequestUsage`` and to the Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import Any
+
+import aiohttp
+from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
+from vllm.exceptions import VLLMValidationError
+
+from server import metrics, options, usage
+from zspa_vllm import stats
+
+_INSTALLED = "_zspa_installed"
+_inbox = usage.StatsInbox()
+_unsubscribe = None
+
+
+def install(state: Any) -> None:
+    """Wrap ``state.online_renderer`` once (idempotent; one per API-server process)."""
+    global _unsubscribe
+    renderer = getattr(state, "online_renderer", None)
+    if renderer is None or getattr(renderer, _INSTALLED, False):
+        return
+    if _unsubscribe is None:
+        _unsubscribe = stats.add_listener(_inbox.put)
+    operator_trust = bool(state.args.trust_request_mm_kwargs)
+    model_name = metrics.model_name(state.args)
+    chat, cmpl = renderer.preprocess_chat, renderer.preprocess_cmpl
+
+    @functools.wraps(chat)
+    async def preprocess_chat(request, *args, **kwargs):
+        _admit(request, operator_trust)
+        with _media_errors_are_client_errors():
+            conversation, engine_inputs = await chat(request, *args, **kwargs)
+        _account(engine_inputs, model_name)
+        return conversation, engine_inputs
+
+    @functools.wraps(cmpl)
+    async def preprocess_cmpl(request, *args, **kwargs):
+        _admit(request, operator_trust)
+        with _media_errors_are_client_errors():
+            engine_inputs = await cmpl(request, *args, **kwargs)
+        _account(engine_inputs, model_name)
+        return engine_inputs
+
+    renderer.preprocess_chat = preprocess_chat
+    renderer.preprocess_cmpl = preprocess_cmpl
+    # Client kwargs were checked in _admit with the operator's flag; what reaches vLLM's
+    # own check from here on is the client's (already admitted) plus ours.
+    renderer.trust_request_mm_kwargs = True
+    setattr(renderer, _INSTALLED, True)
+
+
+@contextlib.contextmanager
+def _media_errors_are_client_errors():
+    """vLLM reports an image URL it may not or cannot load as a 500; it is the client's."""
+    try:
+        yield
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise VLLMValidationError(f"could not fetch media: {exc}", parameter="messages") from None
+    except RuntimeError as exc:
+        if "--allowed-local-media-path" not in str(exc):  # MediaConnector's local-file refusal
+            raise
+        raise VLLMValidationError(str(exc), parameter="messages") from None
+
+
+def _admit(request: Any, operator_trust: bool) -> None:
+    client_kwargs = getattr(request, "mm_processor_kwargs", None)
+    validate_request_mm_kwargs(
+        mm_processor_kwargs=client_kwargs,
+        media_io_kwargs=getattr(request, "media_io_kwargs", None),
+        trust_request_mm_kwargs=operator_trust,
+    )
+    try:
+        fields = options.parse(getattr(request, "model_extra", None))
+    except options.PruneFieldError as exc:
+        raise VLLMValidationError(str(exc), parameter=exc.field) from None
+    if fields:
+        request.mm_processor_kwargs = {**(client_kwargs or {}), **fields}
+
+
+def _account(engine_inputs, model_name: str) -> None:
+    # No holder outside an HTTP request we track (e.g. /v1/responses): metrics only.
+    target = usage.current.get() or usage.RequestUsage()
+    for engine_input in engine_inputs:
+        ids = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
+        if ids is not None and (s := _inbox.claim(ids)) is not None:
+            target.add(s)
+            metrics.record(model_name, s)

@@ -1,0 +1,289 @@
+"""zspa-serve end to end: a real server process, the official openai client, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import API_KEY, DEFAULT_RATIO, MAX_BODY, data_url, messages
+from zspa_vllm.pruning import keep_count
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+N = 576  # visual tokens of one 336px image in the tiny LLaVA
+QUESTION = "what is in this picture?"
+USAGE_KEYS = ("visual_tokens_before", "visual_tokens_after", "effective_prune_ratio")
+
+
+def chat(server, *seeds: int, question: str = QUESTION, max_tokens: int = 3, **extra):
+    return server.client().chat.completions.create(
+        model=server.model,
+        messages=messages(question, *seeds),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        extra_body=extra or None,
+    )
+
+
+def pruning_usage(usage) -> dict:
+    return {k: usage.model_extra[k] for k in (*USAGE_KEYS, "prune_method")}
+
+
+def test_ratio_changes_prompt_tokens_by_exactly_the_pruned_count(server):
+    full = chat(server, 1, prune_ratio=0.0).usage
+    pruned = chat(server, 1, prune_ratio=0.75).usage
+    assert full.prompt_tokens - pruned.prompt_tokens == N - keep_count(N, 0.75)
+    assert pruning_usage(full) == {
+        "visual_tokens_before": N,
+        "visual_tokens_after": N,
+        "effective_prune_ratio": 0.0,
+        "prune_method": None,
+    }
+    assert pruning_usage(pruned) == {
+        "visual_tokens_before": N,
+        "visual_tokens_after": 144,
+        "effective_prune_ratio": 0.75,
+        "prune_method": "zspa",
+    }
+
+
+def test_streaming_reports_pruning_in_the_final_usage_chunk(server):
+    stream = server.client().chat.completions.create(
+        model=server.model,
+        messages=messages(QUESTION, 2),
+        max_tokens=5,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"prune_ratio": 0.9, "prune_method": "divprune"},
+    )
+    chunks = list(stream)
+    text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert text_chunks, "no tokens streamed"
+    assert all(c.usage is None for c in chunks[:-1])
+    final = chunks[-1].usage
+    assert final is not None and final.completion_tokens == 5
+    assert pruning_usage(final) == {
+        "visual_tokens_before": N,
+        "visual_tokens_after": keep_count(N, 0.9),
+        "effective_prune_ratio": round(1 - keep_count(N, 0.9) / N, 6),
+        "prune_method": "divprune",
+    }
+
+
+@pytest.mark.parametrize(("extra", "ratio"), [({}, DEFAULT_RATIO), ({"prune_ratio": 0.9}, 0.9)])
+def test_server_default_and_request_override(server, extra, ratio):
+    baseline = chat(server, 3, prune_ratio=0.0).usage.prompt_tokens - N
+    usage = chat(server, 3, **extra).usage
+    assert usage.prompt_tokens == baseline + keep_count(N, ratio)
+    assert usage.model_extra["visual_tokens_after"] == keep_count(N, ratio)
+
+
+def test_text_only_request_with_pruning_fields_is_served(server):
+    # Defined behaviour: the fields are validated, then there is nothing to prune.
+    response = server.client().completions.create(
+        model=server.model, prompt="hello there", max_tokens=2, extra_body={"prune_ratio": 0.75}
+    )
+    assert pruning_usage(response.usage) == {
+        "visual_tokens_before": 0,
+        "visual_tokens_after": 0,
+        "effective_prune_ratio": 0.0,
+        "prune_method": None,
+    }
+
+
+def _post(server, body: bytes | dict, **headers) -> httpx.Response:
+    headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"} | headers
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{server.url}/v1/chat/completions", content=content, headers=headers, timeout=120
+    )
+
+
+def _body(server, seeds=(4,), **extra) -> dict:
+    return {"model": server.model, "messages": messages(QUESTION, *seeds), "max_tokens": 2} | extra
+
+
+INVALID = {
+    "ratio -1": ({"prune_ratio": -1}, "prune_ratio"),
+    "ratio 1": ({"prune_ratio": 1}, "prune_ratio"),
+    "ratio 1.5": ({"prune_ratio": 1.5}, "prune_ratio"),
+    "ratio string": ({"prune_ratio": "0.5"}, "prune_ratio"),
+    "ratio null": ({"prune_ratio": None}, "prune_ratio"),
+    "ratio list": ({"prune_ratio": [0.5]}, "prune_ratio"),
+    "ratio bool": ({"prune_ratio": True}, "prune_ratio"),
+    "unknown method": ({"prune_method": "topk"}, "prune_method"),
+    "method number": ({"prune_method": 3}, "prune_method"),
+    "core ratio 1.2": ({"prune_core_ratio": 1.2}, "prune_core_ratio"),
+    "core ratio -0.1": ({"prune_core_ratio": -0.1}, "prune_core_ratio"),
+    "misspelt field": ({"prune_rato": 0.5}, "prune_rato"),
+    # vLLM's security default stays: per-request mm_processor_kwargs are refused.
+    "mm_processor_kwargs": ({"mm_processor_kwargs": {"prune_ratio": 0.5}}, "mm_processor_kwargs"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_pruning_fields_are_400_naming_the_field(server, case):
+    extra, field = INVALID[case]
+    response = _post(server, _body(server, **extra))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and field in error["message"]
+    assert error["code"] == 400 and error["type"] == "BadRequestError"
+
+
+def _nan_body(server) -> bytes:
+    # Python's json writes NaN, as many clients do; strict JSON has no NaN at all.
+    return json.dumps(_body(server, prune_ratio=math.nan)).encode()
+
+
+OTHER_BAD = {
+    "ratio NaN": lambda s: _nan_body(s),
+    "malformed image": lambda s: (
+        _body(s, seeds=())
+        | {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                        {"type": "text", "text": "hi"},
+                    ],
+                }
+            ]
+        }
+    ),
+    "too many images": lambda s: _body(s, seeds=(5, 6, 7)),
+    "local file": lambda s: (
+        _body(s, seeds=())
+        | {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}],
+                }
+            ]
+        }
+    ),
+    "not json": lambda s: b"{not json",
+    "body too large": lambda s: b'{"pad": "' + b"a" * MAX_BODY + b'"}',
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_BAD))
+def test_other_bad_requests_are_4xx_and_the_server_keeps_serving(server, case):
+    response = _post(server, OTHER_BAD[case](server))
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"} and error["code"] == response.status_code
+    assert "Traceback" not in response.text
+    assert chat(server, 4, prune_ratio=0.5).usage.model_extra["visual_tokens_after"] == 288
+
+
+def test_counters_equal_the_sums_of_reported_usage(server):
+    label = (("model_name", server.model),)
+    names = ("zspa_visual_tokens_before_pruning_total", "zspa_visual_tokens_after_pruning_total")
+    before = server.metrics()
+    usages = [
+        chat(server, 8, prune_ratio=0.75).usage,
+        chat(server, 9, 10, prune_ratio=0.9, prune_method="random").usage,
+        chat(server, 8).usage,
+        chat(server, 11, prune_ratio=0.0).usage,
+    ]
+    after = server.metrics()
+    deltas = [after[(n, label)] - before.get((n, label), 0.0) for n in names]
+    assert deltas == [
+        sum(u.model_extra["visual_tokens_before"] for u in usages),
+        sum(u.model_extra["visual_tokens_after"] for u in usages),
+    ]
+    count = ("zspa_requested_prune_ratio_count", label)
+    assert after[count] - before.get(count, 0.0) == len(usages)
+
+    def by_method(metrics, method):
+        key = ("zspa_requests_total", (("method", method), *label))
+        return metrics.get(key, 0.0)
+
+    assert by_method(after, "random") - by_method(before, "random") == 1
+    assert by_method(after, "none") - by_method(before, "none") == 1
+
+
+def test_32_concurrent_requests_with_mixed_ratios(server):
+    ratios = [[0.0, 0.25, 0.5, 0.75, 0.9][i % 5] for i in range(32)]
+    text = chat(server, 12, prune_ratio=0.0).usage.prompt_tokens - N
+
+    async def run():
+        client = server.async_client()
+        return await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model=server.model,
+                    messages=messages(QUESTION, 12 + i % 3),
+                    max_tokens=4,
+                    extra_body={"prune_ratio": r},
+                )
+                for i, r in enumerate(ratios)
+            )
+        )
+
+    responses = asyncio.run(run())
+    for r, response in zip(ratios, responses, strict=True):
+        assert response.usage.prompt_tokens == text + keep_count(N, r)
+        assert response.usage.model_extra["visual_tokens_after"] == keep_count(N, r)
+        assert response.usage.model_extra["visual_tokens_before"] == N
+
+
+def test_client_disconnect_aborts_the_request(server):
+    running = ("vllm:num_requests_running", (("engine", "0"), ("model_name", server.model)))
+    generated = ("vllm:generation_tokens_total", (("engine", "0"), ("model_name", server.model)))
+    start = server.metrics().get(generated, 0.0)
+    body = _body(server, prune_ratio=0.5) | {
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+    # Closed after the first token: vLLM must abort, not finish the 1500 tokens.
+    for _ in range(120):
+        metrics = server.metrics()
+        if metrics.get(running) == 0.0:
+            break
+        time.sleep(0.5)
+    assert metrics.get(running) == 0.0
+    assert metrics.get(generated, 0.0) - start < 1500
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/tokenize")],
+)
+def test_api_key_is_required_except_on_health_and_metrics(server, method, path):
+    response = httpx.request(method, f"{server.url}{path}", json={}, timeout=30)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == 401
+    with pytest.raises(openai.AuthenticationError):
+        server.client(api_key="wrong").models.list()
+    assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/metrics", timeout=30).status_code == 200
+
+
+def test_vllm_serving_layer_is_all_there(server):
+    client = server.client()
+    assert [m.id for m in client.models.list().data] == [server.model]
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    tokens = httpx.post(
+        f"{server.url}/tokenize", json={"prompt": "hello"}, headers=headers, timeout=30
+    )
+    assert tokens.status_code == 200 and tokens.json()["count"] > 0
+    assert data_url(0).startswith("data:image/png")
