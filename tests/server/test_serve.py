@@ -287,3 +287,34 @@ def test_vllm_serving_layer_is_all_there(server):
     )
     assert tokens.status_code == 200 and tokens.json()["count"] > 0
     assert data_url(0).startswith("data:image/png")
+
+
+@pytest.fixture(scope="module")
+def two_api_servers(tiny_llava, tmp_path_factory):
+    from tests.server.conftest import Server, start_server, stop_server
+
+    log = tmp_path_factory.mktemp("serve-2") / "zspa-serve.log"
+    proc, url = start_server(tiny_llava, log, "--api-server-count", "2", "--api-key", API_KEY)
+    yield Server(url=url, model=tiny_llava, log=log)
+    stop_server(proc)
+
+
+def test_metrics_add_up_across_api_server_processes(two_api_servers):
+    # vLLM spreads connections over the processes; each counts its own requests and
+    # /metrics (served by any of them) aggregates all of them.
+    server = two_api_servers
+    key = ("zspa_visual_tokens_after_pruning_total", (("model_name", server.model),))
+    start = server.metrics().get(key, 0.0)
+    kept = 0
+    for i in range(8):
+        with httpx.Client(timeout=120) as fresh_connection:
+            response = fresh_connection.post(
+                f"{server.url}/v1/chat/completions",
+                json=_body(server, seeds=(40 + i,), prune_ratio=[0.5, 0.9][i % 2]),
+                headers={"authorization": f"Bearer {API_KEY}"},
+            )
+        assert response.status_code == 200, response.text
+        kept += response.json()["usage"]["visual_tokens_after"]
+    assert kept == 4 * (keep_count(N, 0.5) + keep_count(N, 0.9))
+    for _ in range(3):  # whichever process answers the scrape
+        assert server.metrics()[key] - start == kept

@@ -154,3 +154,11 @@ def _rename_vision_tower_keys(path: Path, load_file, save_file) -> None:
 
 if __name__ == "__main__":
     print(build_tiny_llava(sys.argv[1] if len(sys.argv) > 1 else "tiny-llava"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m zspa_vllm.testing.tiny_llava OUTPUT_DIR")
+    print(build_tiny_llava(sys.argv[1]))
