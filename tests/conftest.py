@@ -36,3 +36,11 @@ def tiny_llava(tmp_path_factory) -> str:
     from zspa_vllm.testing.tiny_llava import build_tiny_llava
 
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_siglip(tmp_path_factory) -> str:
+    """The llava-interleave-qwen shape: SigLIP tower (729 tokens) and a Qwen2 text model."""
+    from zspa_vllm.testing.tiny_llava import build_tiny_llava
+
+    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava-siglip"), tower="siglip"))

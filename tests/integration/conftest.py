@@ -62,3 +62,14 @@ def greedy(n: int = 4, logprobs: int = 5):
     from vllm import SamplingParams
 
     return SamplingParams(max_tokens=n, temperature=0.0, logprobs=logprobs)
+
+
+@pytest.fixture(scope="session")
+def siglip_llm(tiny_llava_siglip):
+    # Session-scoped like every in-process engine here: shutting one down tears down
+    # vLLM's global parallel groups under the others.
+    from vllm import LLM
+
+    engine = LLM(**engine_kwargs(tiny_llava_siglip))
+    yield engine
+    del engine

@@ -239,3 +239,14 @@ def test_stats_hook_reports_each_request_once(llm):
             method,
         )
         assert image_tokens(out.prompt_token_ids) == after
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_siglip_tower_prunes_and_matches_hf(siglip_llm, tiny_llava_siglip, ratio):
+    # Same vLLM architecture, other tower (llava-interleave-qwen): 729 tokens, no CLS.
+    img = image(6, 384)
+    (out,) = generate(siglip_llm, request(QUESTION, img, prune_ratio=ratio))
+    assert image_tokens(out.prompt_token_ids) == pruning.keep_count(729, ratio)
+    want = hf_logprobs(tiny_llava_siglip, out.prompt_token_ids, img, QUESTION, pruning.zspa_select)
+    for token, lp in out.outputs[0].logprobs[0].items():
+        assert lp.logprob == pytest.approx(float(want[token]), abs=1e-3)

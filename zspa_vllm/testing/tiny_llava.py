@@ -60,8 +60,13 @@ def _tokenizer():
     return fast
 
 
-def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
-    """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``."""
+def build_tiny_llava(path: str | Path, seed: int = 0, tower: str = "clip") -> Path:
+    """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``.
+
+    ``tower="clip"``: LLaVA-1.5 shape (CLIP 336/14, CLS dropped: 576 tokens, Llama).
+    ``tower="siglip"``: llava-interleave-qwen shape (SigLIP 384/14, all 729 patch tokens,
+    Qwen2 text model), the same vLLM architecture with another tower.
+    """
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import (
@@ -71,21 +76,30 @@ def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
+        Qwen2Config,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
     )
 
+    if tower not in ("clip", "siglip"):
+        raise ValueError(f"tower must be 'clip' or 'siglip'; got {tower!r}")
+    siglip = tower == "siglip"
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=336,
-        patch_size=14,
-        projection_dim=32,
+    tower_shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": 14,
+    }
+    vision = (
+        SiglipVisionConfig(image_size=384, **tower_shape)
+        if siglip
+        else CLIPVisionConfig(image_size=336, projection_dim=32, **tower_shape)
     )
-    text = LlamaConfig(
+    text = (Qwen2Config if siglip else LlamaConfig)(
         vocab_size=len(tokenizer),
         hidden_size=128,  # 4 heads of 32: the CPU attention kernels need head_dim >= 32
         intermediate_size=256,
@@ -102,8 +116,8 @@ def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        vision_feature_select_strategy="full" if siglip else "default",
+        vision_feature_layer=-1 if siglip else -2,
         projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
@@ -119,13 +133,17 @@ def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
     _rename_vision_tower_keys(path, load_file, save_file)
 
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+        image_processor=(
+            SiglipImageProcessor(size={"height": 384, "width": 384})
+            if siglip
+            else CLIPImageProcessor(
+                size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+            )
         ),
         tokenizer=tokenizer,
         patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=0 if siglip else 1,
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(path)
@@ -153,12 +171,9 @@ def _rename_vision_tower_keys(path: Path, load_file, save_file) -> None:
 
 
 if __name__ == "__main__":
-    print(build_tiny_llava(sys.argv[1] if len(sys.argv) > 1 else "tiny-llava"))
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m zspa_vllm.testing.tiny_llava OUTPUT_DIR")
-    print(build_tiny_llava(sys.argv[1]))
+    print(
+        build_tiny_llava(
+            sys.argv[1] if len(sys.argv) > 1 else "tiny-llava",
+            tower=sys.argv[2] if len(sys.argv) > 2 else "clip",
+        )
+    )
