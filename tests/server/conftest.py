@@ -58,12 +58,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+ZSPA_SERVE = ("-m", "server")
+# Plain `vllm serve` (vLLM's own parser and launcher; its console script does not run on the
+# CPU wheel), as production-stack's Helm chart starts engines.
+VLLM_SERVE = (str(Path(__file__).with_name("vllm_serve.py")),)
+
+
+def start_server(
+    model: str, log: Path, *extra: str, launcher: tuple[str, ...] = ZSPA_SERVE
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [
         sys.executable,
-        "-m",
-        "server",
+        *launcher,
         model,
         "--host",
         "127.0.0.1",

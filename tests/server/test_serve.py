@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -318,3 +319,30 @@ def test_metrics_add_up_across_api_server_processes(two_api_servers):
     assert kept == 4 * (keep_count(N, 0.5) + keep_count(N, 0.9))
     for _ in range(3):  # whichever process answers the scrape
         assert server.metrics()[key] - start == kept
+
+
+@pytest.fixture(scope="module")
+def plain_vllm_serve(tiny_llava, tmp_path_factory):
+    """`vllm serve` configured as deploy/helm/production-stack-values.yaml configures it."""
+    import yaml
+
+    from tests.server.conftest import VLLM_SERVE, Server, start_server, stop_server
+
+    values = Path(__file__).resolve().parents[2] / "deploy/helm/production-stack-values.yaml"
+    (spec,) = yaml.safe_load(values.read_text())["servingEngineSpec"]["modelSpec"]
+    log = tmp_path_factory.mktemp("vllm-serve") / "vllm-serve.log"
+    proc, url = start_server(tiny_llava, log, *spec["vllmConfig"]["extraArgs"], launcher=VLLM_SERVE)
+    yield Server(url=url, model=tiny_llava, log=log)
+    stop_server(proc)
+
+
+def test_plain_vllm_serve_with_our_middleware_is_zspa_serve(plain_vllm_serve):
+    # What production-stack runs: the default ratio (0.5 in the values file) applies,
+    # a request overrides it, a bad field is a 400, and usage reports the counts.
+    server = plain_vllm_serve
+    assert chat(server, 50).usage.model_extra["visual_tokens_after"] == keep_count(N, 0.5)
+    assert chat(server, 50, prune_ratio=0.9).usage.model_extra["visual_tokens_after"] == (
+        keep_count(N, 0.9)
+    )
+    with pytest.raises(openai.BadRequestError, match="prune_method"):
+        chat(server, 50, prune_method="fastest")
