@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +11,18 @@ import httpx
 import pytest
 
 from tests.integration.conftest import image
+from zspa_vllm.testing.servers import (  # noqa: F401 (re-exported for the test modules)
+    VLLM_SERVE,
+    ZSPA_SERVE,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 API_KEY = "test-key"
 DEFAULT_RATIO = 0.5  # the server's --prune-ratio
 MAX_BODY = 4_000_000  # small enough to test the 413 without a huge upload
-MAX_IMAGES = 2
+MAX_IMAGES = 2  # servers.start_server's --limit-mm-per-prompt
 
 
 @dataclass
@@ -50,69 +51,6 @@ class Server:
             for family in text_string_to_metric_families(text)
             for s in family.samples
         }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ZSPA_SERVE = ("-m", "server")
-# Plain `vllm serve` (vLLM's own parser and launcher; its console script does not run on the
-# CPU wheel), as production-stack's Helm chart starts engines.
-VLLM_SERVE = (str(Path(__file__).with_name("vllm_serve.py")),)
-
-
-def start_server(
-    model: str, log: Path, *extra: str, launcher: tuple[str, ...] = ZSPA_SERVE
-) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        *launcher,
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-        "--limit-mm-per-prompt",
-        f'{{"image": {MAX_IMAGES}}}',
-        *extra,
-    ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs as deployed
-    handle = log.open("w")
-    proc = subprocess.Popen(
-        cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"zspa-serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop_server(proc)
-    pytest.fail(f"zspa-serve did not become healthy:\n{log.read_text()[-4000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,19 @@ def _tokenizer():
     return fast
 
 
-def build_tiny_llava(path: str | Path, seed: int = 0, tower: str = "clip") -> Path:
+# Layer sizes. "tiny": tests (fast). "bench": the CPU benchmark model, shaped so that the
+# cost split resembles LLaVA-1.5-7B's: the vision tower + projector are a few percent of an
+# image prompt's prefill (CLIP-L/336 ~0.35 TFLOP vs ~8 TFLOP for 7B x 600 tokens, ~4 %),
+# with the same 576 visual tokens. benchmarks/README.md records the measured split.
+SCALES = {
+    "tiny": {"vision": (32, 64, 2, 2), "text": (128, 256, 2, 4, 2)},
+    "bench": {"vision": (128, 512, 3, 4), "text": (512, 1536, 6, 8, 8)},
+}
+
+
+def build_tiny_llava(
+    path: str | Path, seed: int = 0, tower: str = "clip", scale: str = "tiny"
+) -> Path:
     """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``.
 
     ``tower="clip"``: LLaVA-1.5 shape (CLIP 336/14, CLS dropped: 576 tokens, Llama).
@@ -87,25 +99,27 @@ def build_tiny_llava(path: str | Path, seed: int = 0, tower: str = "clip") -> Pa
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
+    v_hidden, v_inter, v_layers, v_heads = SCALES[scale]["vision"]
+    t_hidden, t_inter, t_layers, t_heads, t_kv_heads = SCALES[scale]["text"]
     tower_shape = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
+        "hidden_size": v_hidden,
+        "intermediate_size": v_inter,
+        "num_hidden_layers": v_layers,
+        "num_attention_heads": v_heads,
         "patch_size": 14,
     }
     vision = (
         SiglipVisionConfig(image_size=384, **tower_shape)
         if siglip
-        else CLIPVisionConfig(image_size=336, projection_dim=32, **tower_shape)
+        else CLIPVisionConfig(image_size=336, projection_dim=v_hidden, **tower_shape)
     )
     text = (Qwen2Config if siglip else LlamaConfig)(
         vocab_size=len(tokenizer),
-        hidden_size=128,  # 4 heads of 32: the CPU attention kernels need head_dim >= 32
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=t_hidden,  # head_dim >= 32: the CPU attention kernels need it
+        intermediate_size=t_inter,
+        num_hidden_layers=t_layers,
+        num_attention_heads=t_heads,
+        num_key_value_heads=t_kv_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -126,7 +140,7 @@ def build_tiny_llava(path: str | Path, seed: int = 0, tower: str = "clip") -> Pa
     # the same next-token distribution. Larger weights make the output depend clearly on
     # WHICH visual tokens were kept: the equivalence tests must be able to fail.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.named_parameters() if scale == "tiny" else ():
             if p.dim() >= 2 and "vision_tower" not in name:
                 p.normal_(0.0, 0.25)
     model.save_pretrained(path)
@@ -175,5 +189,6 @@ if __name__ == "__main__":
         build_tiny_llava(
             sys.argv[1] if len(sys.argv) > 1 else "tiny-llava",
             tower=sys.argv[2] if len(sys.argv) > 2 else "clip",
+            scale=sys.argv[3] if len(sys.argv) > 3 else "tiny",
         )
     )

