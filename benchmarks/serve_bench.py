@@ -385,7 +385,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output-len", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=336)
-    parser.add_argument("--amdahl-repeats", type=int, default=5)
+    parser.add_argument("--amdahl-repeats", type=int, default=15)
     parser.add_argument(
         "--hf-peer",
         metavar="MODEL_DIR",
