@@ -30,17 +30,18 @@ from zspa_vllm import stats
 
 _INSTALLED = "_zspa_installed"
 _inbox = usage.StatsInbox()
-_unsubscribe = None
+_listening = False  # one stats listener per process, however many renderers
 
 
 def install(state: Any) -> None:
     """Wrap ``state.online_renderer`` once (idempotent; one per API-server process)."""
-    global _unsubscribe
+    global _listening
     renderer = getattr(state, "online_renderer", None)
     if renderer is None or getattr(renderer, _INSTALLED, False):
         return
-    if _unsubscribe is None:
-        _unsubscribe = stats.add_listener(_inbox.put)
+    if not _listening:
+        stats.add_listener(_inbox.put)
+        _listening = True
     operator_trust = bool(state.args.trust_request_mm_kwargs)
     model_name = metrics.model_name(state.args)
     chat, cmpl = renderer.preprocess_chat, renderer.preprocess_cmpl
