@@ -306,6 +306,9 @@ def test_metrics_add_up_across_api_server_processes(two_api_servers):
     server = two_api_servers
     key = ("zspa_visual_tokens_after_pruning_total", (("model_name", server.model),))
     start = server.metrics().get(key, 0.0)
+    # A fresh server: vLLM's profiling run and multimodal warm-up went through the
+    # processor, and none of it may count as a request.
+    assert start == 0.0
     kept = 0
     for i in range(8):
         with httpx.Client(timeout=120) as fresh_connection:
