@@ -1,0 +1,184 @@
+"""Build a tiny random-weight Qwen2-VL or Qwen2.5-VL checkpoint on disk (no model hub).
+
+The real processor classes (``Qwen2VLImageProcessor``, ``Qwen2VLVideoProcessor``,
+``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor``), a locally trained BPE tokenizer with
+Qwen's special tokens and a Qwen-style chat template, a small vision tower (patch 14,
+merge 2: an image of H x W pixels gives (H/28) * (W/28) visual tokens) and a small
+Qwen2 text model with M-RoPE (``mrope_section`` [4, 6, 6] for head_dim 32). The weights
+are random: only equality between code paths means anything, never the text.
+
+    python -m zspa_vllm.testing.tiny_qwen_vl /tmp/tiny-qwen2-vl qwen2_vl
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from zspa_vllm.testing.tiny_llava import _CORPUS
+
+VARIANTS = ("qwen2_vl", "qwen2_5_vl")
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] in ('video', 'video_url') %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Pixel bounds of the tiny processors: 56x56 (4 tokens) to 448x448 (256 tokens) per image.
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 448 * 448
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 0) -> Path:
+    """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,  # head_dim 32: the CPU attention kernels need >= 32
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        # Without mrope_section vLLM does not enable M-RoPE (ENVIRONMENT.md).
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+        },
+        "bos_token_id": None,
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": False,
+    }
+    common = {
+        "depth": 2,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+    }
+    if variant == "qwen2_vl":
+        vision = common | {"embed_dim": 32, "hidden_size": 128, "mlp_ratio": 2}
+        config_cls, model_cls, proc_cls = (
+            Qwen2VLConfig,
+            Qwen2VLForConditionalGeneration,
+            Qwen2VLProcessor,
+        )
+    else:
+        vision = common | {
+            "hidden_size": 32,
+            "out_hidden_size": 128,
+            "intermediate_size": 64,
+            "window_size": 56,  # 2x2 merged tokens per window at this size
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        }
+        config_cls, model_cls, proc_cls = (
+            Qwen2_5_VLConfig,
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2_5_VLProcessor,
+        )
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # Default init (std 0.02) makes every logit nearly equal, so any kept set (or any
+    # position) would give the same next-token distribution. Larger weights in the text
+    # model make the output depend clearly on WHICH visual tokens were kept and WHERE
+    # they sit: the equivalence tests must be able to fail.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "visual" not in name:
+                p.normal_(0.0, 0.25)
+    model.save_pretrained(path)
+
+    pixels = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    processor = proc_cls(
+        image_processor=Qwen2VLImageProcessor(size=size, **pixels),
+        video_processor=Qwen2VLVideoProcessor(size=size, **pixels),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":
+    print(
+        build_tiny_qwen_vl(
+            sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2-vl",
+            variant=sys.argv[2] if len(sys.argv) > 2 else "qwen2_vl",
+        )
+    )
