@@ -1,0 +1,62 @@
+"""Worker side of pruning, shared by every model family: read the per-item fields the
+processor attached and select the kept rows of each item's encoder output."""
+
+from __future__ import annotations
+
+import torch
+
+from zspa_vllm import config
+from zspa_vllm.models.processing import fields
+from zspa_vllm.pruning import keep_count, select_batch
+
+
+class ItemOptions:
+    """The pruning fields of one modality's items in an ``embed_multimodal`` batch."""
+
+    def __init__(self, prompt_ids, ratios, methods, core_ratios) -> None:
+        self.prompt_ids: list[torch.Tensor] = _rows(prompt_ids)
+        self.ratios: list[float] = _scalars(ratios)
+        self.methods: list[int] = [int(m) for m in _scalars(methods)]
+        self.core_ratios: list[float] = _scalars(core_ratios)
+
+    @classmethod
+    def pop(cls, kwargs: dict, modality: str) -> ItemOptions | None:
+        """Remove this modality's fields from ``kwargs`` (the parent model must not see
+        them); None when the batch carries none (pruning off for these items)."""
+        values = [kwargs.pop(k, None) for k in fields(modality)]
+        if values[1] is None:
+            return None
+        return cls(*values)
+
+
+def _rows(field: object) -> list[torch.Tensor]:
+    """A batched field is one stacked tensor (equal shapes) or a list of tensors."""
+    return list(field) if isinstance(field, (list, tuple)) else list(field.unbind(0))
+
+
+def _scalars(field: object) -> list:
+    return [row.reshape(-1)[0].item() for row in _rows(field)]
+
+
+def select_rows(
+    embeds: list[torch.Tensor], embed_input_ids, options: ItemOptions
+) -> list[torch.Tensor]:
+    """Sorted indices of the ``keep_count(N_i, ratio_i)`` rows each item keeps.
+
+    Items of the same method are selected in one batched call (they may come from
+    different requests). The prompt embeddings come from the LLM's own table, so they
+    are exactly the vectors prefill would see.
+    """
+    device = embeds[0].device
+    out: list[torch.Tensor | None] = [None] * len(embeds)
+    by_method: dict[str, list[int]] = {}
+    for i, m in enumerate(options.methods):
+        by_method.setdefault(config.METHOD_NAMES[m], []).append(i)
+    for method, idx in by_method.items():
+        prompts = [embed_input_ids(options.prompt_ids[i].to(device)) for i in idx]
+        keeps = [keep_count(embeds[i].shape[0], options.ratios[i]) for i in idx]
+        extra = {"core_ratio": [options.core_ratios[i] for i in idx]} if method == "zspa" else {}
+        kept = select_batch(method, [embeds[i] for i in idx], prompts, keeps, **extra)
+        for i, rows in zip(idx, kept, strict=True):
+            out[i] = rows
+    return out  # type: ignore[return-value]
