@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 # checkpoint of that architecture prunes with no --hf-overrides needed.
 MODELS = {
     "LlavaForConditionalGeneration": "zspa_vllm.models.llava:PrunedLlavaForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": (
+        "zspa_vllm.models.qwen_vl:PrunedQwen2VLForConditionalGeneration"
+    ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "zspa_vllm.models.qwen_vl:PrunedQwen2_5_VLForConditionalGeneration"
+    ),
 }
 
 

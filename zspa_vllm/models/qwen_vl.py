@@ -1,0 +1,257 @@
+"""Prompt-aware pruning for vLLM's ``Qwen2VLForConditionalGeneration`` and
+``Qwen2_5_VLForConditionalGeneration`` (M-RoPE), images and videos.
+
+API-server process: the processors below (``models/processing.py`` does the work). A
+video is one item with one budget: ``keep_count(T*H*W, ratio)`` tokens chosen across all
+its frames together (the selector sees every frame at once, so redundant frames give up
+tokens first).
+
+Worker, three hooks that every vLLM model runner calls in the same order (V1 GPU, V1
+CPU and the V2 GPU runner alike), so no runner-specific hook is needed:
+  * ``get_mrope_input_positions`` (when a request arrives): unpruned positions for text
+    and decode, pruned placeholders at their item's origin (``zspa_vllm.mrope``);
+  * ``embed_multimodal`` (encoder step): vision tower, selection, then the kept rows
+    with their grid offsets appended as extra columns;
+  * ``embed_input_ids`` (every step, before the forward): strips the columns and writes
+    the offsets into a persistent per-token buffer, which ``forward`` adds to the
+    positions in place (and clears). The add is an ordinary tensor op on fixed buffers,
+    so a captured CUDA graph replays it too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import torch
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.processing import ProcessorInputs
+from vllm.multimodal.utils import copy_mm_embedding_modality
+
+from zspa_vllm import envs, mrope
+from zspa_vllm.models.processing import RATIO, PruningProcessorMixin, field
+from zspa_vllm.models.selection import ItemOptions, _rows, _scalars, select_rows
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "video")
+# kwargs key -> modality, as the parent models parse them (first key wins the order).
+_MODALITY_OF_KEY = {
+    "pixel_values": "image",
+    "image_embeds": "image",
+    "pixel_values_videos": "video",
+    "video_embeds": "video",
+}
+
+
+class _QwenPruningProcessor(PruningProcessorMixin):
+    zspa_modalities = {"image": ("image_grid_thw",), "video": ("video_grid_thw",)}
+    # Unpruned token counts by item hash, for processor-cache hits (vLLM then hands us
+    # no item data to read the grid from). Bounded: an entry is two small objects.
+    _FULL_COUNTS_MAX = 1 << 16
+
+    def _zspa_placeholder_ids(self) -> set[int]:
+        hf = self.info.get_hf_config()
+        return {hf.image_token_id, hf.video_token_id}
+
+    def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
+        counts = self.__dict__.setdefault("_full_counts", OrderedDict())
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size ** 2
+        total = 0
+        for modality in MODALITIES:
+            placeholders = result["mm_placeholders"].get(modality, [])
+            items = result["mm_kwargs"].get(modality) or [None] * len(placeholders)
+            hashes = result["mm_hashes"].get(modality) or [None] * len(placeholders)
+            for item, key, ph in zip(items, hashes, placeholders, strict=True):
+                if item is not None:
+                    n = int(item[f"{modality}_grid_thw"].data.prod()) // merge
+                    counts[key] = n
+                    counts.move_to_end(key)
+                    if len(counts) > self._FULL_COUNTS_MAX:
+                        counts.popitem(last=False)
+                else:
+                    n = counts.get(key)
+                    if n is None:  # evicted here but still cached by vLLM: rare
+                        logger.warning("zspa: unknown unpruned size of a cached %s", modality)
+                        n = ph.get_num_embeds()
+                total += n
+        return total
+
+
+class PruningQwen2VLProcessor(_QwenPruningProcessor, Qwen2VLMultiModalProcessor):
+    pass
+
+
+class PruningQwen2_5_VLProcessor(_QwenPruningProcessor, Qwen2_5_VLMultiModalProcessor):
+    pass
+
+
+class _PrunedQwenVL:
+    """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL model classes."""
+
+    def _zspa_init(self, vllm_config) -> None:
+        arch = type(self).__mro__[2].__name__
+        how = f"or set {envs.DISABLE}=1 to run stock vLLM"
+        mm = vllm_config.model_config.get_multimodal_config()
+        if getattr(mm, "video_pruning_rate", None):
+            raise ValueError(
+                f"zspa-vllm: --video-pruning-rate (vLLM's EVS) cannot be combined with "
+                f"zspa-vllm's pruning of {arch}: both prune video tokens and rewrite M-RoPE "
+                f"positions. Use the per-request prune_ratio (videos included), {how}."
+            )
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError(
+                f"zspa-vllm: pruning {arch} with pipeline parallelism is not supported "
+                f"(kept tokens' M-RoPE positions are fixed on the first stage only). "
+                f"Use tensor parallelism, {how}."
+            )
+        if getattr(vllm_config.parallel_config, "enable_dbo", False):
+            raise ValueError(
+                f"zspa-vllm: pruning {arch} with --enable-dbo is not supported; {how}."
+            )
+        if getattr(vllm_config.compilation_config, "cudagraph_mm_encoder", False):
+            raise ValueError(
+                f"zspa-vllm: encoder CUDA graphs (cudagraph_mm_encoder) bypass "
+                f"embed_multimodal, where {arch} prunes; turn them off, {how}."
+            )
+        sched = vllm_config.scheduler_config
+        width = sched.max_num_batched_tokens + sched.max_num_seqs + 1
+        # Per-token position offsets of the step being run (see module docstring).
+        # Allocated once, on the model's device (vLLM builds the model under it), so
+        # its address is fixed for CUDA graphs.
+        self._zspa_delta = torch.zeros((3, width), dtype=torch.long)
+        self._zspa_dirty = 0
+
+    # -- positions, when a request arrives -----------------------------------------
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        pruned = [
+            f.data is not None and field(f.modality, RATIO) in f.data
+            for f in features
+            if f.modality != "prompt_embeds"
+        ]
+        if not any(pruned):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        items = [
+            mrope.MediaItem(offset, f.mm_position.length, t, h, w, t_factor, p)
+            for f, p, (offset, t, h, w, t_factor) in zip(
+                features, pruned, self.iter_mm_grid_thw(features), strict=True
+            )
+        ]
+        pos, delta = mrope.positions(len(input_tokens), items)
+        return torch.from_numpy(pos), delta
+
+    # -- encoder step -------------------------------------------------------------
+
+    def embed_multimodal(self, **kwargs: object):
+        options = {m: ItemOptions.pop(kwargs, m) for m in MODALITIES}
+        embeds = list(super().embed_multimodal(**kwargs))
+        if not any(options.values()):
+            return embeds
+        order = list(dict.fromkeys(_MODALITY_OF_KEY[k] for k in kwargs if k in _MODALITY_OF_KEY))
+        merge = self.config.vision_config.spatial_merge_size
+        out: list[torch.Tensor] = []
+        start = 0
+        for modality in order:
+            grids = _rows(kwargs[f"{modality}_grid_thw"])
+            chunk = embeds[start : start + len(grids)]
+            start += len(grids)
+            opts = options[modality]
+            if opts is None:
+                out += chunk
+                continue
+            factors = self._t_factors(modality, kwargs, len(grids))
+            rows = select_rows(chunk, self.get_language_model().embed_input_ids, opts)
+            for emb, kept, grid, t_factor in zip(chunk, rows, grids, factors, strict=True):
+                t, h, w = (int(x) for x in grid.tolist())
+                offsets = mrope.grid_offsets(t, h // merge, w // merge, t_factor)
+                cols = mrope.encode(torch.from_numpy(offsets)[:, kept.cpu()], emb.dtype)
+                out.append(torch.cat([emb[kept], cols.to(emb.device)], dim=1))
+        assert start == len(embeds), (start, len(embeds))
+        return tuple(out)
+
+    def _t_factors(self, modality: str, kwargs: dict, n: int) -> list[float]:
+        """Temporal position step per item, as the parent's ``iter_mm_grid_thw``."""
+        if modality == "image":
+            return [1.0] * n
+        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
+        seconds = kwargs.get("second_per_grid_ts")
+        per_item = _scalars(seconds) if seconds is not None else [1.0] * n
+        return [s * tokens_per_second for s in per_item]
+
+    # -- every step -------------------------------------------------------------
+
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        hidden = self.config.text_config.hidden_size
+        wide = [e.shape[-1] == hidden + mrope.CHANNELS for e in (multimodal_embeddings or ())]
+        if not any(wide):
+            return super().embed_input_ids(
+                input_ids, multimodal_embeddings, is_multimodal=is_multimodal
+            )
+        stripped, offsets = [], []
+        for emb, has_offsets in zip(multimodal_embeddings, wide, strict=True):
+            if has_offsets:
+                stripped.append(copy_mm_embedding_modality(emb, emb[:, :hidden]))
+                offsets.append(mrope.decode(emb[:, hidden:]))
+            else:  # an unpruned item: its placeholders already hold their positions
+                stripped.append(emb)
+                offsets.append(torch.zeros((3, emb.shape[0]), dtype=torch.long, device=emb.device))
+        idx = is_multimodal.nonzero().squeeze(-1)
+        values = torch.cat(offsets, dim=1)
+        if idx.numel() == values.shape[1]:  # otherwise the parent raises a clear error
+            delta = self._zspa_delta
+            if self._zspa_dirty:
+                delta[:, : self._zspa_dirty].zero_()
+            delta[:, idx.to(delta.device)] = values.to(delta.device)
+            self._zspa_dirty = int(idx[-1]) + 1 if idx.numel() else 0
+        return super().embed_input_ids(input_ids, stripped, is_multimodal=is_multimodal)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kw):
+        if positions.ndim == 2:
+            # Unconditional (a no-op add of zeros when nothing was pruned), so that a
+            # captured CUDA graph contains it: the offsets of this step were written
+            # by embed_input_ids, outside any graph. positions is the runner's own
+            # buffer, rewritten before every step, so the in-place add lasts one step.
+            n = positions.shape[1]
+            if n > self._zspa_delta.shape[1]:
+                raise RuntimeError(f"zspa: {n} tokens in one step > {self._zspa_delta.shape[1]}")
+            delta = self._zspa_delta[:, :n]
+            positions.add_(delta)
+            delta.zero_()
+            self._zspa_dirty = 0
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kw)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruningQwen2VLProcessor,
+    info=Qwen2VLProcessingInfo,
+    dummy_inputs=Qwen2VLDummyInputsBuilder,
+)
+class PrunedQwen2VLForConditionalGeneration(_PrunedQwenVL, Qwen2VLForConditionalGeneration):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._zspa_init(vllm_config)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruningQwen2_5_VLProcessor,
+    info=Qwen2_5_VLProcessingInfo,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+)
+class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForConditionalGeneration):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._zspa_init(vllm_config)
