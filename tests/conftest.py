@@ -44,3 +44,12 @@ def tiny_llava_siglip(tmp_path_factory) -> str:
     from zspa_vllm.testing.tiny_llava import build_tiny_llava
 
     return str(build_tiny_llava(tmp_path_factory.mktemp("tiny-llava-siglip"), tower="siglip"))
+
+
+@pytest.fixture(scope="session", params=["qwen2_vl", "qwen2_5_vl"])
+def tiny_qwen_vl(request, tmp_path_factory) -> tuple[str, str]:
+    """(variant, path) of a random-weight Qwen2-VL / Qwen2.5-VL checkpoint (M-RoPE)."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    variant = request.param
+    return variant, str(build_tiny_qwen_vl(tmp_path_factory.mktemp(variant), variant=variant))

@@ -43,7 +43,8 @@ class MediaItem:
         length: number of placeholder tokens (the pruned count when ``pruned``).
         t, h, w: the LLM-side grid (after spatial merging).
         t_factor: temporal position step per grid frame (1.0 for images).
-        pruned: placeholders take the item's origin, fixed up by the kept offsets.
+        pruned: fewer placeholders than grid cells; they take the item's origin, fixed
+            up by the kept tokens' offsets.
     """
 
     offset: int

@@ -73,3 +73,20 @@ def siglip_llm(tiny_llava_siglip):
     engine = LLM(**engine_kwargs(tiny_llava_siglip))
     yield engine
     del engine
+
+
+_qwen_engines: dict = {}
+
+
+@pytest.fixture(scope="session")
+def qwen(tiny_qwen_vl):
+    """(variant, path, engine): one in-process engine per Qwen variant, kept for the session
+    (shutting one down tears down vLLM's global parallel groups under the others)."""
+    from vllm import LLM
+
+    variant, path = tiny_qwen_vl
+    if variant not in _qwen_engines:
+        _qwen_engines[variant] = LLM(
+            **engine_kwargs(path, limit_mm_per_prompt={"image": 4, "video": 2})
+        )
+    return variant, path, _qwen_engines[variant]

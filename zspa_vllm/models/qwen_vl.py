@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 
 import torch
 from vllm.model_executor.models.qwen2_5_vl import (
@@ -41,7 +42,7 @@ from vllm.multimodal.processing import ProcessorInputs
 from vllm.multimodal.utils import copy_mm_embedding_modality
 
 from zspa_vllm import envs, mrope
-from zspa_vllm.models.processing import RATIO, PruningProcessorMixin, field
+from zspa_vllm.models.processing import PruningProcessorMixin
 from zspa_vllm.models.selection import ItemOptions, _rows, _scalars, select_rows
 
 logger = logging.getLogger(__name__)
@@ -137,20 +138,22 @@ class _PrunedQwenVL:
     # -- positions, when a request arrives -----------------------------------------
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        features = sorted(mm_features, key=lambda f: f.mm_position.offset)
-        pruned = [
-            f.data is not None and field(f.modality, RATIO) in f.data
-            for f in features
-            if f.modality != "prompt_embeds"
-        ]
-        if not any(pruned):
-            return super().get_mrope_input_positions(input_tokens, mm_features)
+        # An item is pruned iff it has fewer placeholders than grid cells. (Its data may
+        # hold only the grid here: vLLM drops the other fields of items it will not
+        # encode again, e.g. on a cache hit.) With every token kept the layout is stock.
+        features = sorted(
+            (f for f in mm_features if f.modality != "prompt_embeds"),
+            key=lambda f: f.mm_position.offset,
+        )
         items = [
-            mrope.MediaItem(offset, f.mm_position.length, t, h, w, t_factor, p)
-            for f, p, (offset, t, h, w, t_factor) in zip(
-                features, pruned, self.iter_mm_grid_thw(features), strict=True
+            mrope.MediaItem(offset, f.mm_position.length, t, h, w, t_factor)
+            for f, (offset, t, h, w, t_factor) in zip(
+                features, self.iter_mm_grid_thw(features), strict=True
             )
         ]
+        items = [replace(i, pruned=i.length < i.t * i.h * i.w) for i in items]
+        if not any(i.pruned for i in items):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
         pos, delta = mrope.positions(len(input_tokens), items)
         return torch.from_numpy(pos), delta
 
@@ -176,6 +179,9 @@ class _PrunedQwenVL:
             factors = self._t_factors(modality, kwargs, len(grids))
             rows = select_rows(chunk, self.get_language_model().embed_input_ids, opts)
             for emb, kept, grid, t_factor in zip(chunk, rows, grids, factors, strict=True):
+                if len(kept) == emb.shape[0]:  # all kept: stock rows at stock positions
+                    out.append(emb)
+                    continue
                 t, h, w = (int(x) for x in grid.tolist())
                 offsets = mrope.grid_offsets(t, h // merge, w // merge, t_factor)
                 cols = mrope.encode(torch.from_numpy(offsets)[:, kept.cpu()], emb.dtype)
