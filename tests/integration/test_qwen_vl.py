@@ -414,3 +414,62 @@ LLM(**engine_kwargs({path!r}, video_pruning_rate=0.5))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "--video-pruning-rate" in proc.stderr and "ZSPA_DISABLE=1" in proc.stderr
+
+
+def test_encoder_batches_stay_within_the_budget():
+    from types import SimpleNamespace
+
+    from zspa_vllm.models.qwen_vl import _PrunedQwenVL
+
+    # Patches per item 64, 16, 4, 48, 256 -> merged tokens (2x2) 16, 4, 1, 12, 64.
+    grids = torch.tensor([[1, 8, 8], [1, 4, 4], [1, 2, 2], [2, 4, 6], [1, 16, 16]])
+    pixels = torch.arange(int(grids.prod(-1).sum()), dtype=torch.float32)[:, None]
+    fake = SimpleNamespace(
+        config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2)),
+        _zspa_encoder_budget=20,
+    )
+    kwargs = {"pixel_values": pixels, "image_grid_thw": grids}
+    batches = list(_PrunedQwenVL._encoder_batches(fake, kwargs))
+    # 16 + 4 = 20 fits; 1 + 12 fits; 64 is over budget alone (one item always runs).
+    assert [b["image_grid_thw"].tolist() for b in batches] == [
+        grids[:2].tolist(),
+        grids[2:4].tolist(),
+        grids[4:].tolist(),
+    ]
+    assert torch.equal(torch.cat([b["pixel_values"] for b in batches]), pixels)
+    for b in batches:
+        assert len(b["pixel_values"]) == int(b["image_grid_thw"].prod(-1).sum())
+    # An unknown per-item key: no split (it could not be sliced correctly).
+    assert len(list(_PrunedQwenVL._encoder_batches(fake, kwargs | {"other": grids}))) == 1
+
+
+def _tower_probe(model, budget: int | None):
+    """Set the encoder budget and count vision-tower calls (None: undo, return count)."""
+    if budget is not None:
+        model._probe = (model._zspa_encoder_budget, [])
+        model._zspa_encoder_budget = budget
+        original = model.visual.forward
+        model.visual.forward = lambda *a, **k: model._probe[1].append(1) or original(*a, **k)
+        return 0
+    del model.visual.forward  # back to the class's method
+    model._zspa_encoder_budget, calls = model._probe
+    return len(calls)
+
+
+def test_vision_tower_split_by_budget_matches_hf(qwen):
+    variant, path, llm = qwen
+    text = CASES["two images"][0]
+    images = [qimage(50, 448, 280), qimage(51, 224, 336)]
+    llm.apply_model(functools.partial(_tower_probe, budget=1))
+    try:
+        (out,) = generate(llm, qrequest(variant, text, images, prune_ratio=0.75))
+    finally:
+        (calls,) = llm.apply_model(functools.partial(_tower_probe, budget=None))
+    assert calls == 2  # both images were scheduled in one step, encoded one at a time
+    want, tokens, ids = hf_reference(
+        path, variant, text, images, ratio=0.75, select=pruning.zspa_select
+    )
+    assert list(out.prompt_token_ids) == ids
+    for token, lp in out.outputs[0].logprobs[0].items():
+        assert lp.logprob == pytest.approx(float(want[token]), abs=1e-3)
+    assert list(out.outputs[0].token_ids) == tokens

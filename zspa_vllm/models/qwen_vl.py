@@ -48,6 +48,15 @@ from zspa_vllm.models.selection import ItemOptions, _rows, _scalars, select_rows
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "video")
+# Keys _encoder_batches knows how to split by item.
+_SPLITTABLE = {
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+    "timestamps",
+}
 # kwargs key -> modality, as the parent models parse them (first key wins the order).
 _MODALITY_OF_KEY = {
     "pixel_values": "image",
@@ -133,6 +142,7 @@ class _PrunedQwenVL:
         # Allocated once, on the model's device (vLLM builds the model under it), so
         # its address is fixed for CUDA graphs.
         self._zspa_delta = torch.zeros((3, width), dtype=torch.long)
+        self._zspa_encoder_budget = sched.max_num_encoder_input_tokens
         self._zspa_dirty = 0
 
     # -- positions, when a request arrives -----------------------------------------
@@ -161,9 +171,11 @@ class _PrunedQwenVL:
 
     def embed_multimodal(self, **kwargs: object):
         options = {m: ItemOptions.pop(kwargs, m) for m in MODALITIES}
-        embeds = list(super().embed_multimodal(**kwargs))
         if not any(options.values()):
-            return embeds
+            return super().embed_multimodal(**kwargs)
+        embeds: list[torch.Tensor] = []
+        for sub in self._encoder_batches(kwargs):  # (zero-arg super() fails in a comprehension)
+            embeds += super().embed_multimodal(**sub)
         order = list(dict.fromkeys(_MODALITY_OF_KEY[k] for k in kwargs if k in _MODALITY_OF_KEY))
         merge = self.config.vision_config.spatial_merge_size
         out: list[torch.Tensor] = []
@@ -188,6 +200,37 @@ class _PrunedQwenVL:
                 out.append(torch.cat([emb[kept], cols.to(emb.device)], dim=1))
         assert start == len(embeds), (start, len(embeds))
         return tuple(out)
+
+    def _encoder_batches(self, kwargs: dict):
+        """Split one modality's batch so no vision-tower call sees more unpruned tokens
+        than the encoder budget vLLM profiled memory for.
+
+        vLLM's scheduler fills that budget with *pruned* token counts while the tower runs
+        on full images, so one step may carry several times the profiled load (vLLM's
+        V1 runner encodes EVS videos one at a time for the same reason). Only the plain
+        pixel layout is split; anything else goes through whole.
+        """
+        present = [m for m in MODALITIES if f"{m}_grid_thw" in kwargs]
+        pixels = {"image": "pixel_values", "video": "pixel_values_videos"}
+        if len(present) != 1 or set(kwargs) - _SPLITTABLE or pixels[present[0]] not in kwargs:
+            yield kwargs
+            return
+        modality = present[0]
+        grids = torch.stack(_rows(kwargs[f"{modality}_grid_thw"]))
+        patches = grids.prod(-1).tolist()
+        merge = self.config.vision_config.spatial_merge_size**2
+        budget = self._zspa_encoder_budget
+        start, first, used = 0, 0, 0
+        for i, n in enumerate(patches + [None]):
+            if i < len(patches) and (i == first or used + n // merge <= budget):
+                used += n // merge
+                continue
+            stop = start + sum(patches[first:i])
+            sub = {k: _slice_items(v, first, i) for k, v in kwargs.items()}
+            sub[pixels[modality]] = kwargs[pixels[modality]][start:stop]
+            yield sub
+            if i < len(patches):
+                start, first, used = stop, i, n // merge
 
     def _t_factors(self, modality: str, kwargs: dict, n: int) -> list[float]:
         """Temporal position step per item, as the parent's ``iter_mm_grid_thw``."""
@@ -239,6 +282,11 @@ class _PrunedQwenVL:
             delta.zero_()
             self._zspa_dirty = 0
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kw)
+
+
+def _slice_items(value, first: int, stop: int):
+    """Items [first, stop) of a per-item (batched) field; pixels are sliced by the caller."""
+    return value[first:stop] if isinstance(value, (torch.Tensor, list, tuple)) else value
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -1,0 +1,82 @@
+"""zspa-serve on a tiny Qwen2.5-VL (M-RoPE): images and videos over HTTP, official client."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+
+from tests.integration.test_qwen_vl import qimage
+from tests.server.conftest import API_KEY, Server, start_server, stop_server
+from zspa_vllm import pruning
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def qwen_server(tiny_qwen_vl, tmp_path_factory):
+    variant, path = tiny_qwen_vl
+    if variant != "qwen2_5_vl":
+        pytest.skip("one Qwen server is enough: the engine tests cover both variants")
+    log = tmp_path_factory.mktemp("serve-qwen") / "zspa-serve.log"
+    proc, url = start_server(
+        path, log, "--api-key", API_KEY, "--limit-mm-per-prompt", '{"image": 2, "video": 1}'
+    )
+    yield Server(url=url, model=path, log=log)
+    stop_server(proc)
+
+
+def png_url(seed: int, w: int, h: int) -> str:
+    buf = io.BytesIO()
+    qimage(seed, w, h).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def mp4_url(seed: int, frames: int = 4, w: int = 168, h: int = 112) -> str:
+    import tempfile
+
+    import cv2
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        writer = cv2.VideoWriter(f.name, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (w, h))
+        rng = np.random.RandomState(seed)
+        for _ in range(frames):
+            writer.write((rng.rand(h, w, 3) * 255).astype("uint8"))
+        writer.release()
+        return "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
+
+
+def ask(server: Server, parts: list[dict], **prune):
+    return server.client().chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": [*parts, {"type": "text", "text": "describe"}]}],
+        max_tokens=2,
+        temperature=0.0,
+        extra_body=prune,
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_image_and_video_prune_at_the_requested_ratio(qwen_server, ratio):
+    image = {"type": "image_url", "image_url": {"url": png_url(1, 420, 280)}}
+    video = {"type": "video_url", "video_url": {"url": mp4_url(2)}}
+    # Unpruned sizes: 420x280 -> 15 x 10; 4 frames of 168x112 -> 2 x 6 x 4.
+    for parts, sizes in (([image], [150]), ([video], [48]), ([image, video], [150, 48])):
+        stock = ask(qwen_server, parts, prune_ratio=0.0)
+        pruned = ask(qwen_server, parts, prune_ratio=ratio)
+        full, kept = sum(sizes), sum(pruning.keep_count(n, ratio) for n in sizes)
+        usage = pruned.usage.model_extra
+        assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, kept)
+        assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == full - kept
+
+
+def test_bad_ratio_is_a_400_and_the_server_keeps_serving(qwen_server):
+    from openai import BadRequestError
+
+    image = {"type": "image_url", "image_url": {"url": png_url(3, 224, 224)}}
+    with pytest.raises(BadRequestError) as err:
+        ask(qwen_server, [image], prune_ratio=1.5)
+    assert "prune_ratio" in str(err.value)
+    assert ask(qwen_server, [image], prune_ratio=0.5).usage.model_extra["visual_tokens_after"] == 32
