@@ -244,6 +244,11 @@ class _PrunedQwenVL:
     # -- every step -------------------------------------------------------------
 
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        # Offsets belong to the step whose inputs are embedded now: drop any left by a call
+        # no forward consumed (a drafter embedding with the target's table, say).
+        if self._zspa_dirty:
+            self._zspa_delta[:, : self._zspa_dirty].zero_()
+            self._zspa_dirty = 0
         hidden = self.config.text_config.hidden_size
         wide = [e.shape[-1] == hidden + mrope.CHANNELS for e in (multimodal_embeddings or ())]
         if not any(wide):
@@ -262,8 +267,6 @@ class _PrunedQwenVL:
         values = torch.cat(offsets, dim=1)
         if idx.numel() == values.shape[1]:  # otherwise the parent raises a clear error
             delta = self._zspa_delta
-            if self._zspa_dirty:
-                delta[:, : self._zspa_dirty].zero_()
             delta[:, idx.to(delta.device)] = values.to(delta.device)
             self._zspa_dirty = int(idx[-1]) + 1 if idx.numel() else 0
         return super().embed_input_ids(input_ids, stripped, is_multimodal=is_multimodal)
