@@ -53,3 +53,11 @@ def tiny_qwen_vl(request, tmp_path_factory) -> tuple[str, str]:
 
     variant = request.param
     return variant, str(build_tiny_qwen_vl(tmp_path_factory.mktemp(variant), variant=variant))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tmp_path_factory) -> str:
+    """A random-weight Qwen3-VL checkpoint (patch 16, deepstack, interleaved M-RoPE)."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen3_vl"), variant="qwen3_vl"))

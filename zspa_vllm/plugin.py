@@ -24,6 +24,9 @@ MODELS = {
     "Qwen2_5_VLForConditionalGeneration": (
         "zspa_vllm.models.qwen_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
+    "Qwen3VLForConditionalGeneration": (
+        "zspa_vllm.models.qwen_vl:PrunedQwen3VLForConditionalGeneration"
+    ),
 }
 
 

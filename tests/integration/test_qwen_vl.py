@@ -59,8 +59,8 @@ def qrequest(variant: str, text: str, images=(), videos=(), **prune) -> dict:
     if images:
         data["image"] = list(images)
     if videos:
-        # Qwen2.5-VL takes (frames, metadata): the fps sets its temporal position step.
-        data["video"] = [(v, metadata(v)) if variant == "qwen2_5_vl" else v for v in videos]
+        # Qwen2.5-VL and Qwen3-VL take (frames, metadata): the fps sets their timing.
+        data["video"] = [(v, metadata(v)) if variant != "qwen2_vl" else v for v in videos]
     return {"prompt": text, "multi_modal_data": data, "mm_processor_kwargs": prune}
 
 
@@ -89,6 +89,7 @@ def _hf(path: str, variant: str):
     import transformers
 
     cls = {
+        "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
         "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
         "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
     }[variant]
@@ -122,9 +123,12 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
     inner = model.model
     with torch.no_grad():
         feats = {"image": [], "video": []}
+        deep_items = []  # Qwen3-VL: per image, its deepstack features (one per level)
         if images:
             out = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
             feats["image"] = list(out.pooler_output)
+            levels = getattr(out, "deepstack_features", None) or []
+            deep_items = [[level[k] for level in levels] for k in range(len(images))]
         if videos:
             out = inner.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
             feats["video"] = list(out.pooler_output)
@@ -147,6 +151,8 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
         keep = torch.ones(len(ids), dtype=torch.bool)
         new_pos = pos.clone()
         counters = {"image": 0, "video": 0}
+        is_visual = torch.zeros(len(ids), dtype=torch.bool)
+        deep = [torch.zeros(len(ids), f.shape[-1]) for f in (deep_items[0] if deep_items else [])]
         i = 0
         while i < len(ids):  # each run of pad tokens is one item, in prompt order
             tok = int(ids[i])
@@ -159,6 +165,10 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
             n = feat.shape[0]
             assert bool((ids[i : i + n] == tok).all()) and (i + n == len(ids) or ids[i + n] != tok)
             embeds[i : i + n] = feat
+            is_visual[i : i + n] = True
+            if modality == "image" and deep_items:
+                for level, f in zip(deep, deep_items[counters["image"] - 1], strict=True):
+                    level[i : i + n] = f
             kept = select(feat, prompt, pruning.keep_count(n, ratio))
             mask = torch.zeros(n, dtype=torch.bool)
             mask[kept] = True
@@ -166,12 +176,18 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
             if naive:
                 new_pos[:, i : i + n][:, mask] = pos[:, i : i + len(kept)]
             i += n
-        x, p = embeds[keep], new_pos[:, keep]
+        x, p, vis = embeds[keep], new_pos[:, keep], is_visual[keep]
+        deep_kept = [level[keep][vis] for level in deep]
         next_pos = int(pos.max()) + 1  # decoding continues after the unpruned prompt
         tokens, first = [], None
         for step in range(steps):
+            deepstack = (
+                {"visual_pos_masks": vis[None], "deepstack_visual_embeds": deep_kept}
+                if deep
+                else {}
+            )
             hidden = inner.language_model(
-                inputs_embeds=x[None], position_ids=p[:, None]
+                inputs_embeds=x[None], position_ids=p[:, None], **deepstack
             ).last_hidden_state
             logprobs = torch.log_softmax(model.lm_head(hidden[0, -1]).double(), dim=-1)
             first = logprobs if first is None else first
@@ -179,6 +195,7 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
             tokens.append(token)
             x = torch.cat([x, table(torch.tensor([token]))])
             p = torch.cat([p, torch.full((3, 1), next_pos + step)], dim=1)
+            vis = torch.cat([vis, torch.zeros(1, dtype=torch.bool)])
     return first, tokens, ids[keep].tolist()
 
 

@@ -37,12 +37,18 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLMultiModalProcessor,
     Qwen2VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import ProcessorInputs
 from vllm.multimodal.utils import copy_mm_embedding_modality
 
-from zspa_vllm import envs, mrope
-from zspa_vllm.models.processing import PruningProcessorMixin
+from zspa_vllm import config, envs, mrope
+from zspa_vllm.models.processing import PROFILING, PruningProcessorMixin
 from zspa_vllm.models.selection import ItemOptions, _rows, _scalars, select_rows
 
 logger = logging.getLogger(__name__)
@@ -80,7 +86,7 @@ class _QwenPruningProcessor(PruningProcessorMixin):
         counts = self.__dict__.setdefault("_full_counts", OrderedDict())
         merge = self.info.get_hf_config().vision_config.spatial_merge_size ** 2
         total = 0
-        for modality in MODALITIES:
+        for modality in self.zspa_modalities:
             placeholders = result["mm_placeholders"].get(modality, [])
             items = result["mm_kwargs"].get(modality) or [None] * len(placeholders)
             hashes = result["mm_hashes"].get(modality) or [None] * len(placeholders)
@@ -106,6 +112,23 @@ class PruningQwen2VLProcessor(_QwenPruningProcessor, Qwen2VLMultiModalProcessor)
 
 class PruningQwen2_5_VLProcessor(_QwenPruningProcessor, Qwen2_5_VLMultiModalProcessor):
     pass
+
+
+class PruningQwen3VLProcessor(_QwenPruningProcessor, Qwen3VLMultiModalProcessor):
+    # Images only: a Qwen3-VL video interleaves per-frame timestamp text with its frames
+    # (README, "Qwen3-VL"), which the per-video budget does not handle yet.
+    zspa_modalities = {"image": ("image_grid_thw",)}
+
+    def apply(self, inputs: ProcessorInputs, timing_ctx):
+        request = inputs.hf_processor_mm_kwargs
+        if "video" in inputs.mm_data_items and not request.get(PROFILING):
+            engine = self.info.ctx.get_mm_config().mm_processor_kwargs
+            if config.resolve(request, engine).active:
+                raise ValueError(
+                    f"{config.RATIO_KEY} must be 0 for requests with videos on "
+                    "Qwen3VLForConditionalGeneration: zspa-vllm prunes its images only"
+                )
+        return super().apply(inputs, timing_ctx)
 
 
 class _PrunedQwenVL:
@@ -189,7 +212,8 @@ class _PrunedQwenVL:
                 out += chunk
                 continue
             factors = self._t_factors(modality, kwargs, len(grids))
-            rows = select_rows(chunk, self.get_language_model().embed_input_ids, opts)
+            main = [self._zspa_main(e) for e in chunk]
+            rows = select_rows(main, self.get_language_model().embed_input_ids, opts)
             for emb, kept, grid, t_factor in zip(chunk, rows, grids, factors, strict=True):
                 if len(kept) == emb.shape[0]:  # all kept: stock rows at stock positions
                     out.append(emb)
@@ -200,6 +224,14 @@ class _PrunedQwenVL:
                 out.append(torch.cat([emb[kept], cols.to(emb.device)], dim=1))
         assert start == len(embeds), (start, len(embeds))
         return tuple(out)
+
+    def _zspa_main(self, emb: torch.Tensor) -> torch.Tensor:
+        """The columns the LLM input receives (what the selector scores)."""
+        return emb
+
+    def _zspa_width(self) -> int:
+        """Width of one unpruned item row of ``embed_multimodal``."""
+        return self.config.text_config.hidden_size
 
     def _encoder_batches(self, kwargs: dict):
         """Split one modality's batch so no vision-tower call sees more unpruned tokens
@@ -249,7 +281,7 @@ class _PrunedQwenVL:
         if self._zspa_dirty:
             self._zspa_delta[:, : self._zspa_dirty].zero_()
             self._zspa_dirty = 0
-        hidden = self.config.text_config.hidden_size
+        hidden = self._zspa_width()
         wide = [e.shape[-1] == hidden + mrope.CHANNELS for e in (multimodal_embeddings or ())]
         if not any(wide):
             return super().embed_input_ids(
@@ -312,3 +344,45 @@ class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForCondi
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._zspa_init(vllm_config)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruningQwen3VLProcessor,
+    info=Qwen3VLProcessingInfo,
+    dummy_inputs=Qwen3VLDummyInputsBuilder,
+)
+class PrunedQwen3VLForConditionalGeneration(_PrunedQwenVL, Qwen3VLForConditionalGeneration):
+    """Images only (see PruningQwen3VLProcessor). Rows carry the deepstack features of
+    several vision layers after the main embedding; all are kept or dropped together."""
+
+    def __init__(self, *, vllm_config, prefix: str = "model"):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._zspa_init(vllm_config)
+
+    def _zspa_main(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb[:, : self.visual_dim]
+
+    def _zspa_width(self) -> int:
+        return self.visual_dim + (self.multiscale_dim if self.use_deepstack else 0)
+
+    def _stock_positions(self, input_tokens, mm_features):
+        return Qwen3VLForConditionalGeneration.get_mrope_input_positions(
+            self, input_tokens, mm_features
+        )
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        # Pruned requests carry images only (the processor refuses videos), and Qwen3-VL
+        # places an image exactly as Qwen2-VL does: t = 0, h, w from the origin.
+        merge = self.config.vision_config.spatial_merge_size
+        items = []
+        for f in mm_features:
+            if f.modality != "image":
+                return self._stock_positions(input_tokens, mm_features)
+            _, h, w = (int(x) for x in f.data["image_grid_thw"].data.tolist())
+            n = f.mm_position.length
+            items.append(mrope.MediaItem(f.mm_position.offset, n, 1, h // merge, w // merge))
+        items = [replace(i, pruned=i.length < i.h * i.w) for i in items]
+        if not any(i.pruned for i in items):
+            return self._stock_positions(input_tokens, mm_features)
+        pos, delta = mrope.positions(len(input_tokens), items)
+        return torch.from_numpy(pos), delta

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zspa_vllm.testing.tiny_llava import _CORPUS
 
-VARIANTS = ("qwen2_vl", "qwen2_5_vl")
+VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -39,9 +39,11 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# Pixel bounds of the tiny processors: 56x56 (4 tokens) to 448x448 (256 tokens) per image.
+# Pixel bounds of the tiny processors: 2x2 to 16x16 merged tokens per image (a token is
+# 28x28 pixels for Qwen2/2.5-VL, patch 14; 32x32 for Qwen3-VL, patch 16).
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 448 * 448
+PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
 
 def _tokenizer():
@@ -83,8 +85,12 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
     )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
@@ -115,7 +121,7 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
     common = {
         "depth": 2,
         "num_heads": 2,
-        "patch_size": 14,
+        "patch_size": PATCH[variant],
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "in_channels": 3,
@@ -126,6 +132,21 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
             Qwen2VLConfig,
             Qwen2VLForConditionalGeneration,
             Qwen2VLProcessor,
+        )
+    elif variant == "qwen3_vl":
+        text |= {"head_dim": 32}
+        text["rope_parameters"] |= {"mrope_interleaved": True}
+        vision = common | {
+            "hidden_size": 32,
+            "out_hidden_size": 128,
+            "intermediate_size": 64,
+            "num_position_embeddings": 256,  # a 16x16 table, interpolated per image
+            "deepstack_visual_indexes": [0],
+        }
+        config_cls, model_cls, proc_cls = (
+            Qwen3VLConfig,
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLProcessor,
         )
     else:
         vision = common | {
@@ -162,11 +183,14 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
                 p.normal_(0.0, 0.25)
     model.save_pretrained(path)
 
-    pixels = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
-    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    # MIN_PIXELS / MAX_PIXELS are (4 patches)^2 and (32 patches)^2 at patch 14.
+    lo, hi = (4 * PATCH[variant]) ** 2, (32 * PATCH[variant]) ** 2
+    pixels = {"min_pixels": lo, "max_pixels": hi, "patch_size": PATCH[variant]}
+    size = {"shortest_edge": lo, "longest_edge": hi}
+    video_cls = Qwen3VLVideoProcessor if variant == "qwen3_vl" else Qwen2VLVideoProcessor
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessor(size=size, **pixels),
-        video_processor=Qwen2VLVideoProcessor(size=size, **pixels),
+        video_processor=video_cls(size=size, **pixels),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
