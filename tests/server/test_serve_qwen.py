@@ -80,3 +80,33 @@ def test_bad_ratio_is_a_400_and_the_server_keeps_serving(qwen_server):
         ask(qwen_server, [image], prune_ratio=1.5)
     assert "prune_ratio" in str(err.value)
     assert ask(qwen_server, [image], prune_ratio=0.5).usage.model_extra["visual_tokens_after"] == 32
+
+
+@pytest.fixture(scope="module")
+def qwen3_server(tiny_qwen3_vl, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-qwen3") / "zspa-serve.log"
+    proc, url = start_server(
+        tiny_qwen3_vl,
+        log,
+        "--api-key",
+        API_KEY,
+        "--limit-mm-per-prompt",
+        '{"image": 2, "video": 1}',
+    )
+    yield Server(url=url, model=tiny_qwen3_vl, log=log)
+    stop_server(proc)
+
+
+def test_qwen3_images_prune_and_videos_with_a_ratio_are_a_400(qwen3_server):
+    from openai import BadRequestError
+
+    image = {"type": "image_url", "image_url": {"url": png_url(4, 480, 320)}}  # 15 x 10
+    video = {"type": "video_url", "video_url": {"url": mp4_url(5)}}
+    usage = ask(qwen3_server, [image], prune_ratio=0.75).usage.model_extra
+    assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (150, 38)
+    with pytest.raises(BadRequestError) as err:
+        ask(qwen3_server, [image, video], prune_ratio=0.5)
+    assert "prune_ratio" in str(err.value)
+    assert ask(qwen3_server, [video], prune_ratio=0.0).choices[0].message is not None
+    usage = ask(qwen3_server, [image], prune_ratio=0.5).usage.model_extra
+    assert usage["visual_tokens_after"] == 75
