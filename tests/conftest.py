@@ -61,3 +61,11 @@ def tiny_qwen3_vl(tmp_path_factory) -> str:
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
 
     return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen3_vl"), variant="qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tmp_path_factory) -> str:
+    """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen2_5_vl"), variant="qwen2_5_vl"))

@@ -1,4 +1,5 @@
-"""zspa-serve on a tiny Qwen2.5-VL (M-RoPE): images and videos over HTTP, official client."""
+"""zspa-serve on tiny Qwen2.5-VL and Qwen3-VL (M-RoPE): images and videos over HTTP, with
+the official openai client."""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def qwen_server(tiny_qwen_vl, tmp_path_factory):
-    variant, path = tiny_qwen_vl
-    if variant != "qwen2_5_vl":
-        pytest.skip("one Qwen server is enough: the engine tests cover both variants")
+def qwen_server(tiny_qwen2_5_vl, tmp_path_factory):
+    path = tiny_qwen2_5_vl
     log = tmp_path_factory.mktemp("serve-qwen") / "zspa-serve.log"
     proc, url = start_server(
         path, log, "--api-key", API_KEY, "--limit-mm-per-prompt", '{"image": 2, "video": 1}'

@@ -1,5 +1,6 @@
 """Prompt-aware pruning for vLLM's ``Qwen2VLForConditionalGeneration`` and
-``Qwen2_5_VLForConditionalGeneration`` (M-RoPE), images and videos.
+``Qwen2_5_VLForConditionalGeneration`` (M-RoPE), images and videos, and for the images of
+``Qwen3VLForConditionalGeneration``.
 
 API-server process: the processors below (``models/processing.py`` does the work). A
 video is one item with one budget: ``keep_count(T*H*W, ratio)`` tokens chosen across all
@@ -49,7 +50,7 @@ from vllm.multimodal.utils import copy_mm_embedding_modality
 
 from zspa_vllm import config, envs, mrope
 from zspa_vllm.models.processing import PROFILING, PruningProcessorMixin
-from zspa_vllm.models.selection import ItemOptions, _rows, _scalars, select_rows
+from zspa_vllm.models.selection import ItemOptions, rows, scalars, select_rows
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class PruningQwen3VLProcessor(_QwenPruningProcessor, Qwen3VLMultiModalProcessor)
 
 
 class _PrunedQwenVL:
-    """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL model classes."""
+    """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL model classes."""
 
     def _zspa_init(self, vllm_config) -> None:
         arch = type(self).__mro__[2].__name__
@@ -204,7 +205,7 @@ class _PrunedQwenVL:
         out: list[torch.Tensor] = []
         start = 0
         for modality in order:
-            grids = _rows(kwargs[f"{modality}_grid_thw"])
+            grids = rows(kwargs[f"{modality}_grid_thw"])
             chunk = embeds[start : start + len(grids)]
             start += len(grids)
             opts = options[modality]
@@ -213,8 +214,8 @@ class _PrunedQwenVL:
                 continue
             factors = self._t_factors(modality, kwargs, len(grids))
             main = [self._zspa_main(e) for e in chunk]
-            rows = select_rows(main, self.get_language_model().embed_input_ids, opts)
-            for emb, kept, grid, t_factor in zip(chunk, rows, grids, factors, strict=True):
+            kept_rows = select_rows(main, self.get_language_model().embed_input_ids, opts)
+            for emb, kept, grid, t_factor in zip(chunk, kept_rows, grids, factors, strict=True):
                 if len(kept) == emb.shape[0]:  # all kept: stock rows at stock positions
                     out.append(emb)
                     continue
@@ -248,7 +249,7 @@ class _PrunedQwenVL:
             yield kwargs
             return
         modality = present[0]
-        grids = torch.stack(_rows(kwargs[f"{modality}_grid_thw"]))
+        grids = torch.stack(rows(kwargs[f"{modality}_grid_thw"]))
         patches = grids.prod(-1).tolist()
         merge = self.config.vision_config.spatial_merge_size**2
         budget = self._zspa_encoder_budget
@@ -270,7 +271,7 @@ class _PrunedQwenVL:
             return [1.0] * n
         tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
         seconds = kwargs.get("second_per_grid_ts")
-        per_item = _scalars(seconds) if seconds is not None else [1.0] * n
+        per_item = scalars(seconds) if seconds is not None else [1.0] * n
         return [s * tokens_per_second for s in per_item]
 
     # -- every step -------------------------------------------------------------

@@ -14,10 +14,10 @@ class ItemOptions:
     """The pruning fields of one modality's items in an ``embed_multimodal`` batch."""
 
     def __init__(self, prompt_ids, ratios, methods, core_ratios) -> None:
-        self.prompt_ids: list[torch.Tensor] = _rows(prompt_ids)
-        self.ratios: list[float] = _scalars(ratios)
-        self.methods: list[int] = [int(m) for m in _scalars(methods)]
-        self.core_ratios: list[float] = _scalars(core_ratios)
+        self.prompt_ids: list[torch.Tensor] = rows(prompt_ids)
+        self.ratios: list[float] = scalars(ratios)
+        self.methods: list[int] = [int(m) for m in scalars(methods)]
+        self.core_ratios: list[float] = scalars(core_ratios)
 
     @classmethod
     def pop(cls, kwargs: dict, modality: str) -> ItemOptions | None:
@@ -29,13 +29,14 @@ class ItemOptions:
         return cls(*values)
 
 
-def _rows(field: object) -> list[torch.Tensor]:
+def rows(field: object) -> list[torch.Tensor]:
     """A batched field is one stacked tensor (equal shapes) or a list of tensors."""
     return list(field) if isinstance(field, (list, tuple)) else list(field.unbind(0))
 
 
-def _scalars(field: object) -> list:
-    return [row.reshape(-1)[0].item() for row in _rows(field)]
+def scalars(field: object) -> list:
+    """One number per item of a batched [n, 1] field."""
+    return [row.reshape(-1)[0].item() for row in rows(field)]
 
 
 def select_rows(
