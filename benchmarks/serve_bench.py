@@ -1,7 +1,8 @@
 """Serving benchmark: zspa-serve at several prune ratios against stock vLLM, under load.
 
     # CPU, self-contained: builds the benchmark model, starts both servers, runs, stops them
-    .venv/bin/python benchmarks/serve_bench.py --launch
+    .venv/bin/python benchmarks/serve_bench.py --launch             # LLaVA-1.5 shape
+    .venv/bin/python benchmarks/serve_bench.py --launch qwen2_5_vl  # Qwen2.5-VL shape, M-RoPE
     # Any host: against servers you started (see benchmarks/README.md for the GPU commands)
     .venv/bin/python benchmarks/serve_bench.py --model llava-hf/llava-1.5-7b-hf \
         --zspa-url http://localhost:8000 --stock-url http://localhost:8001
@@ -299,7 +300,9 @@ def markdown(result: dict) -> str:
         f"# Serving benchmark ({result['env']['device']})",
         "",
         f"vLLM {result['env']['vllm']}, torch {result['env']['torch']}, git "
-        f"{result['env']['git_sha'][:10]}, {result['env']['time']}; model `{result['model']}`; "
+        f"{result['env']['git_sha'][:10]}, {result['env']['time']}; model `{result['model']}`"
+        + (f" ({launched} CPU benchmark model)" if (launched := result["args"]["launch"]) else "")
+        + "; "
         f"{result['args']['output_len']} output tokens per request, "
         f"{result['args']['rounds']} alternating rounds (medians).",
         "",
@@ -393,8 +396,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--launch",
-        action="store_true",
-        help="build the CPU benchmark model and start both servers here",
+        nargs="?",
+        const="llava",
+        choices=["llava", "qwen2_5_vl"],
+        help="build the CPU benchmark model of this architecture (default llava) and start "
+        "both servers here",
     )
     parser.add_argument("--zspa-url")
     parser.add_argument("--stock-url")
@@ -409,7 +415,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output-len", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=336)
+    parser.add_argument(
+        "--image-size", type=int, help="square image side (default 336; 896 for qwen2_5_vl)"
+    )
     parser.add_argument("--amdahl-repeats", type=int, default=15)
     parser.add_argument(
         "--hf-peer",
@@ -418,21 +426,29 @@ def main() -> None:
         "checkpoint; --launch uses the benchmark model",
     )
     parser.add_argument("--hf-peer-ratio", type=float, default=0.75)
-    parser.add_argument("--out", default=str(RESULTS / "serve_bench"))
+    parser.add_argument("--out", help="results path stem (default results/serve_bench[_ARCH])")
     args = parser.parse_args()
+    qwen = args.launch == "qwen2_5_vl"
+    args.image_size = args.image_size or (896 if qwen else 336)
+    args.out = args.out or str(RESULTS / ("serve_bench_qwen2_5_vl" if qwen else "serve_bench"))
     if 0.0 not in args.ratios:
         parser.error("--ratios must include 0 (the overhead and Amdahl baselines)")
 
     procs: list[subprocess.Popen] = []
     if args.launch:
         from zspa_vllm.testing.tiny_llava import build_tiny_llava
+        from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
 
         work = Path(os.environ.get("ZSPA_BENCH_DIR", "/tmp/zspa-bench"))
-        model_dir = work / "bench-llava"
+        model_dir = work / f"bench-{args.launch}"
         if not (model_dir / "config.json").exists():
-            build_tiny_llava(model_dir, scale="bench")
+            if qwen:
+                build_tiny_qwen_vl(model_dir, variant="qwen2_5_vl", scale="bench")
+            else:
+                build_tiny_llava(model_dir, scale="bench")
         procs, args.zspa_url, args.stock_url = launch(model_dir, work)
-        args.hf_peer = args.hf_peer or str(model_dir)
+        # The research-code peer (hf_peer.py) is written for LLaVA.
+        args.hf_peer = args.hf_peer or (None if qwen else str(model_dir))
     elif not (args.zspa_url and args.stock_url):
         parser.error("give --zspa-url and --stock-url, or --launch")
 

@@ -65,3 +65,24 @@ def test_serve_bench_runs_against_zspa_and_stock(tmp_path):
     assert [r["ratio"] for r in result["amdahl"][1:]] == [0.0, 0.75]
     assert len(list(out.parent.glob("serve_bench-*.png"))) == 3
     assert "| 2 | zspa r=0.75 |" in out.with_suffix(".md").read_text()
+
+
+def test_serve_bench_launches_the_qwen_benchmark_model(tmp_path):
+    out = tmp_path / "results" / "serve_bench_qwen"
+    run_script(
+        "benchmarks/serve_bench.py",
+        "--launch", "qwen2_5_vl",
+        "--concurrency", "1",
+        "--ratios", "0", "0.9",
+        "--rounds", "1",
+        "--requests", "2",
+        "--output-len", "2",
+        "--amdahl-repeats", "1",
+        "--out", str(out),
+        env={"ZSPA_BENCH_DIR": str(tmp_path / "work")},
+    )  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    stock, full, pruned = (result["cells"][f"{c}@1"]["prompt_tokens"] for c in result["configs"])
+    # An 896 x 896 image is 32 x 32 = 1024 visual tokens on the benchmark model.
+    assert stock == full and full - pruned == 1024 - keep_count(1024, 0.9)
+    assert "qwen2_5_vl CPU benchmark model" in out.with_suffix(".md").read_text()

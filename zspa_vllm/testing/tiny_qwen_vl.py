@@ -7,7 +7,7 @@ merge 2: an image of H x W pixels gives (H/28) * (W/28) visual tokens) and a sma
 Qwen2 text model with M-RoPE (``mrope_section`` [4, 6, 6] for head_dim 32). The weights
 are random: only equality between code paths means anything, never the text.
 
-    python -m zspa_vllm.testing.tiny_qwen_vl /tmp/tiny-qwen2-vl qwen2_vl
+    python -m zspa_vllm.testing.tiny_qwen_vl /tmp/tiny-qwen2-vl qwen2_vl [tiny|bench]
 """
 
 from __future__ import annotations
@@ -74,7 +74,20 @@ def _tokenizer():
     return fast
 
 
-def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 0) -> Path:
+# Layer sizes. "tiny": tests (fast). "bench": the CPU benchmark model, shaped so that the
+# cost split resembles Qwen2.5-VL-7B's at high resolution, where the vision tower is a
+# sizeable share (~25 %) of an image prompt's prefill: up to 1024 visual tokens per image.
+SCALES = {
+    # text: hidden, intermediate, layers, heads, kv heads, mrope_section; vision: hidden,
+    # intermediate, depth, heads; max image side in patches.
+    "tiny": {"text": (128, 256, 2, 4, 2, [4, 6, 6]), "vision": (32, 64, 2, 2), "side": 32},
+    "bench": {"text": (512, 1536, 6, 8, 8, [8, 12, 12]), "vision": (128, 512, 3, 4), "side": 64},
+}
+
+
+def build_tiny_qwen_vl(
+    path: str | Path, variant: str = "qwen2_vl", seed: int = 0, scale: str = "tiny"
+) -> Path:
     """Write the checkpoint to ``path`` (created) and return it. Deterministic in ``seed``."""
     import torch
     from transformers import (
@@ -98,20 +111,22 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
+    t_hidden, t_inter, t_layers, t_heads, t_kv, section = SCALES[scale]["text"]
+    v_hidden, v_inter, v_depth, v_heads = SCALES[scale]["vision"]
     text = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,  # head_dim 32: the CPU attention kernels need >= 32
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
+        "hidden_size": t_hidden,
+        "intermediate_size": t_inter,
+        "num_hidden_layers": t_layers,
+        "num_attention_heads": t_heads,  # head_dim >= 32: the CPU attention kernels need it
+        "num_key_value_heads": t_kv,
+        "max_position_embeddings": 8192,
         "rms_norm_eps": 1e-6,
         # Without mrope_section vLLM does not enable M-RoPE (ENVIRONMENT.md).
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": [4, 6, 6],
+            "mrope_section": section,
         },
         "bos_token_id": None,
         "eos_token_id": ids["<|im_end|>"],
@@ -119,27 +134,27 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
         "tie_word_embeddings": False,
     }
     common = {
-        "depth": 2,
-        "num_heads": 2,
+        "depth": v_depth,
+        "num_heads": v_heads,
         "patch_size": PATCH[variant],
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "in_channels": 3,
     }
     if variant == "qwen2_vl":
-        vision = common | {"embed_dim": 32, "hidden_size": 128, "mlp_ratio": 2}
+        vision = common | {"embed_dim": v_hidden, "hidden_size": t_hidden, "mlp_ratio": 2}
         config_cls, model_cls, proc_cls = (
             Qwen2VLConfig,
             Qwen2VLForConditionalGeneration,
             Qwen2VLProcessor,
         )
     elif variant == "qwen3_vl":
-        text |= {"head_dim": 32}
+        text |= {"head_dim": t_hidden // t_heads}
         text["rope_parameters"] |= {"mrope_interleaved": True}
         vision = common | {
-            "hidden_size": 32,
-            "out_hidden_size": 128,
-            "intermediate_size": 64,
+            "hidden_size": v_hidden,
+            "out_hidden_size": t_hidden,
+            "intermediate_size": v_inter,
             "num_position_embeddings": 256,  # a 16x16 table, interpolated per image
             "deepstack_visual_indexes": [0],
         }
@@ -150,9 +165,9 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
         )
     else:
         vision = common | {
-            "hidden_size": 32,
-            "out_hidden_size": 128,
-            "intermediate_size": 64,
+            "hidden_size": v_hidden,
+            "out_hidden_size": t_hidden,
+            "intermediate_size": v_inter,
             "window_size": 56,  # 2x2 merged tokens per window at this size
             "fullatt_block_indexes": [1],
             "tokens_per_second": 2,
@@ -178,13 +193,13 @@ def build_tiny_qwen_vl(path: str | Path, variant: str = "qwen2_vl", seed: int = 
     # model make the output depend clearly on WHICH visual tokens were kept and WHERE
     # they sit: the equivalence tests must be able to fail.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in model.named_parameters() if scale == "tiny" else ():
             if p.dim() >= 2 and "visual" not in name:
                 p.normal_(0.0, 0.25)
     model.save_pretrained(path)
 
-    # MIN_PIXELS / MAX_PIXELS are (4 patches)^2 and (32 patches)^2 at patch 14.
-    lo, hi = (4 * PATCH[variant]) ** 2, (32 * PATCH[variant]) ** 2
+    # Images from (4 patches)^2 to (side patches)^2: MIN_PIXELS / MAX_PIXELS at patch 14, tiny.
+    lo, hi = (4 * PATCH[variant]) ** 2, (SCALES[scale]["side"] * PATCH[variant]) ** 2
     pixels = {"min_pixels": lo, "max_pixels": hi, "patch_size": PATCH[variant]}
     size = {"shortest_edge": lo, "longest_edge": hi}
     video_cls = Qwen3VLVideoProcessor if variant == "qwen3_vl" else Qwen2VLVideoProcessor
@@ -204,5 +219,6 @@ if __name__ == "__main__":
         build_tiny_qwen_vl(
             sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2-vl",
             variant=sys.argv[2] if len(sys.argv) > 2 else "qwen2_vl",
+            scale=sys.argv[3] if len(sys.argv) > 3 else "tiny",
         )
     )
