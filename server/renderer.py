@@ -26,7 +26,7 @@ from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
 from server import metrics, options, usage
-from zspa_vllm import stats
+from zspa_vllm import config, envs, plugin, stats
 
 _INSTALLED = "_zspa_installed"
 _inbox = usage.StatsInbox()
@@ -43,12 +43,13 @@ def install(state: Any) -> None:
         stats.add_listener(_inbox.put)
         _listening = True
     operator_trust = bool(state.args.trust_request_mm_kwargs)
+    refusal = _pruning_refusal(state)
     model_name = metrics.model_name(state.args)
     chat, cmpl = renderer.preprocess_chat, renderer.preprocess_cmpl
 
     @functools.wraps(chat)
     async def preprocess_chat(request, *args, **kwargs):
-        _admit(request, operator_trust)
+        _admit(request, operator_trust, refusal)
         with _media_errors_are_client_errors():
             conversation, engine_inputs = await chat(request, *args, **kwargs)
         _account(engine_inputs, model_name)
@@ -56,7 +57,7 @@ def install(state: Any) -> None:
 
     @functools.wraps(cmpl)
     async def preprocess_cmpl(request, *args, **kwargs):
-        _admit(request, operator_trust)
+        _admit(request, operator_trust, refusal)
         with _media_errors_are_client_errors():
             engine_inputs = await cmpl(request, *args, **kwargs)
         _account(engine_inputs, model_name)
@@ -83,7 +84,21 @@ def _media_errors_are_client_errors():
         raise VLLMValidationError(str(exc), parameter="messages") from None
 
 
-def _admit(request: Any, operator_trust: bool) -> None:
+def _pruning_refusal(state: Any) -> str | None:
+    """Why this server cannot prune (None: it can): a ratio > 0 must not be silently ignored."""
+    if envs.plugin_disabled():
+        return f"pruning is off on this server ({envs.DISABLE} is set)"
+    vllm_config = getattr(state, "vllm_config", None)
+    archs = vllm_config.model_config.architectures if vllm_config is not None else None
+    if archs and not set(archs) & set(plugin.MODELS):
+        return (
+            f"this server's model ({', '.join(archs)}) cannot be pruned; zspa-vllm prunes "
+            f"{', '.join(sorted(plugin.MODELS))}"
+        )
+    return None
+
+
+def _admit(request: Any, operator_trust: bool, refusal: str | None = None) -> None:
     client_kwargs = getattr(request, "mm_processor_kwargs", None)
     validate_request_mm_kwargs(
         mm_processor_kwargs=client_kwargs,
@@ -94,6 +109,10 @@ def _admit(request: Any, operator_trust: bool) -> None:
         fields = options.parse(getattr(request, "model_extra", None))
     except options.PruneFieldError as exc:
         raise VLLMValidationError(str(exc), parameter=exc.field) from None
+    if refusal and fields.get(config.RATIO_KEY, 0.0) > 0.0:
+        raise VLLMValidationError(
+            f"{config.RATIO_KEY} must be 0 or omitted: {refusal}", parameter=config.RATIO_KEY
+        )
     if fields:
         request.mm_processor_kwargs = {**(client_kwargs or {}), **fields}
 

@@ -109,3 +109,35 @@ def test_qwen3_images_prune_and_videos_with_a_ratio_are_a_400(qwen3_server):
     assert ask(qwen3_server, [video], prune_ratio=0.0).choices[0].message is not None
     usage = ask(qwen3_server, [image], prune_ratio=0.5).usage.model_extra
     assert usage["visual_tokens_after"] == 75
+
+
+def test_a_ratio_on_a_server_that_cannot_prune_is_a_400(tiny_qwen2_5_vl, tmp_path):
+    from openai import BadRequestError
+
+    log = tmp_path / "zspa-serve-disabled.log"
+    proc, url = start_server(tiny_qwen2_5_vl, log, "--api-key", API_KEY, env={"ZSPA_DISABLE": "1"})
+    try:
+        server = Server(url=url, model=tiny_qwen2_5_vl, log=log)
+        image = {"type": "image_url", "image_url": {"url": png_url(6, 224, 224)}}
+        with pytest.raises(BadRequestError) as err:
+            ask(server, [image], prune_ratio=0.5)
+        assert "prune_ratio" in str(err.value) and "ZSPA_DISABLE" in str(err.value)
+        # Not asking for pruning is served as usual (stock: all 64 tokens).
+        assert ask(server, [image], prune_ratio=0.0).usage.prompt_tokens > 64
+    finally:
+        stop_server(proc)
+
+
+def test_unsupported_architectures_are_named_in_the_refusal():
+    from types import SimpleNamespace
+
+    from server.renderer import _pruning_refusal
+
+    def state(*archs):
+        model_config = SimpleNamespace(architectures=list(archs))
+        return SimpleNamespace(vllm_config=SimpleNamespace(model_config=model_config))
+
+    refusal = _pruning_refusal(state("LlavaNextForConditionalGeneration"))
+    assert "LlavaNextForConditionalGeneration" in refusal
+    assert "Qwen2_5_VLForConditionalGeneration" in refusal  # the supported list
+    assert _pruning_refusal(state("Qwen3VLForConditionalGeneration")) is None
