@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 PROMPT = "USER: <image>\n{q} ASSISTANT:"
+
+
+def run_fresh(body: str, payload: object, env: dict | None = None) -> object:
+    """Run ``body`` in a fresh Python process (the plugin registers once per process) with
+    this checkout importable and ``payload`` as JSON in ``sys.argv[1]``; ``body`` prints
+    one line ``RESULT<json>``, which is returned parsed."""
+    code = f"import sys\nsys.path.insert(0, {os.getcwd()!r})\n{body}"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
 
 
 def engine_kwargs(path: str, **overrides) -> dict:

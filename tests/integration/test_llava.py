@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.integration.conftest import greedy, image, request
+from tests.integration.conftest import greedy, image, request, run_fresh
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -98,9 +95,8 @@ def test_matches_hf_with_pruning_outside_vllm(llm, tiny_llava, ratio):
 
 def run_isolated(tiny_llava: str, env: dict, reqs: list[dict]) -> list:
     """Generate in a fresh process (the plugin registers once per process)."""
-    code = f"""
-import json, os, sys
-sys.path.insert(0, {os.getcwd()!r})
+    body = f"""
+import json
 from tests.integration.conftest import engine_kwargs, greedy, image, request
 from tests.integration.test_llava import signature
 from vllm import LLM
@@ -109,16 +105,7 @@ reqs = [request(q, *[image(s) for s in seeds], **kw) for q, seeds, kw in json.lo
 outs = llm.generate(reqs, greedy(), use_tqdm=False)
 print("RESULT" + json.dumps([[list(o.prompt_token_ids), signature(o)] for o in outs]))
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(reqs)],
-        capture_output=True,
-        text=True,
-        env=os.environ | env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return json.loads(line[len("RESULT") :])
+    return run_fresh(body, reqs, env)
 
 
 def test_ratio_zero_equals_plugin_disabled(llm, tiny_llava):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integration.conftest import engine_kwargs, greedy
+from tests.integration.conftest import engine_kwargs, greedy, run_fresh
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -361,9 +361,8 @@ def test_mixed_batch_equals_single_runs(qwen):
 
 def run_isolated(path: str, variant: str, env: dict, specs: list) -> list:
     """Generate in a fresh process (the plugin registers once per process)."""
-    code = f"""
-import json, sys
-sys.path.insert(0, {os.getcwd()!r})
+    body = f"""
+import json
 from tests.integration.conftest import engine_kwargs
 from tests.integration.test_qwen_vl import *
 from vllm import LLM
@@ -372,16 +371,7 @@ reqs = [qrequest({variant!r}, t, [qimage(s) for s in i], [qvideo(s) for s in v],
         for t, i, v, kw in json.loads(sys.argv[1])]
 print("RESULT" + json.dumps([signature(o) for o in generate(llm, *reqs)]))
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(specs)],
-        capture_output=True,
-        text=True,
-        env=os.environ | env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return json.loads(line[len("RESULT") :])
+    return run_fresh(body, specs, env)
 
 
 def test_ratio_zero_equals_plugin_disabled(qwen):
@@ -417,10 +407,9 @@ def test_stats_report_unpruned_size_on_processor_cache_hits(qwen):
     assert [(s.tokens_before, s.tokens_after) for s in seen] == [(150 + 48, 75 + 24)] * 2
 
 
-def test_engine_video_pruning_rate_is_refused(tiny_qwen_vl):
-    variant, path = tiny_qwen_vl
-    if variant != "qwen2_5_vl":
-        pytest.skip("vLLM implements --video-pruning-rate for Qwen2.5-VL only")
+def test_engine_video_pruning_rate_is_refused(tiny_qwen2_5_vl):
+    # vLLM implements --video-pruning-rate (EVS) for Qwen2.5-VL (and Qwen3-VL), not Qwen2-VL.
+    path = tiny_qwen2_5_vl
     code = f"""
 import sys
 sys.path.insert(0, {os.getcwd()!r})

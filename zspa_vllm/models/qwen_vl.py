@@ -136,7 +136,7 @@ class _PrunedQwenVL:
     """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL model classes."""
 
     def _zspa_init(self, vllm_config) -> None:
-        arch = type(self).__mro__[2].__name__
+        arch = next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("vllm."))
         how = f"or set {envs.DISABLE}=1 to run stock vLLM"
         mm = vllm_config.model_config.get_multimodal_config()
         if getattr(mm, "video_pruning_rate", None):
@@ -175,21 +175,26 @@ class _PrunedQwenVL:
         # An item is pruned iff it has fewer placeholders than grid cells. (Its data may
         # hold only the grid here: vLLM drops the other fields of items it will not
         # encode again, e.g. on a cache hit.) With every token kept the layout is stock.
+        items = self._zspa_media_items(mm_features)
+        if items is not None:
+            items = [replace(i, pruned=i.length < i.t * i.h * i.w) for i in items]
+        if items is None or not any(i.pruned for i in items):
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        pos, delta = mrope.positions(len(input_tokens), items)
+        return torch.from_numpy(pos), delta
+
+    def _zspa_media_items(self, mm_features) -> list[mrope.MediaItem] | None:
+        """The request's media as the parent lays them out (None: leave it to the parent)."""
         features = sorted(
             (f for f in mm_features if f.modality != "prompt_embeds"),
             key=lambda f: f.mm_position.offset,
         )
-        items = [
+        return [
             mrope.MediaItem(offset, f.mm_position.length, t, h, w, t_factor)
             for f, (offset, t, h, w, t_factor) in zip(
                 features, self.iter_mm_grid_thw(features), strict=True
             )
         ]
-        items = [replace(i, pruned=i.length < i.t * i.h * i.w) for i in items]
-        if not any(i.pruned for i in items):
-            return super().get_mrope_input_positions(input_tokens, mm_features)
-        pos, delta = mrope.positions(len(input_tokens), items)
-        return torch.from_numpy(pos), delta
 
     # -- encoder step -------------------------------------------------------------
 
@@ -366,24 +371,19 @@ class PrunedQwen3VLForConditionalGeneration(_PrunedQwenVL, Qwen3VLForConditional
     def _zspa_width(self) -> int:
         return self.visual_dim + (self.multiscale_dim if self.use_deepstack else 0)
 
-    def _stock_positions(self, input_tokens, mm_features):
-        return Qwen3VLForConditionalGeneration.get_mrope_input_positions(
-            self, input_tokens, mm_features
-        )
-
-    def get_mrope_input_positions(self, input_tokens, mm_features):
-        # Pruned requests carry images only (the processor refuses videos), and Qwen3-VL
-        # places an image exactly as Qwen2-VL does: t = 0, h, w from the origin.
+    def _zspa_media_items(self, mm_features) -> list[mrope.MediaItem] | None:
+        # Pruned requests carry images only (the processor refuses videos with a ratio),
+        # and Qwen3-VL places an image exactly as Qwen2-VL does: t = 0, h, w from its
+        # origin. A video's per-frame layout is the parent's business (never pruned).
+        if any(f.modality != "image" for f in mm_features):
+            return None
         merge = self.config.vision_config.spatial_merge_size
         items = []
-        for f in mm_features:
-            if f.modality != "image":
-                return self._stock_positions(input_tokens, mm_features)
+        for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
             _, h, w = (int(x) for x in f.data["image_grid_thw"].data.tolist())
-            n = f.mm_position.length
-            items.append(mrope.MediaItem(f.mm_position.offset, n, 1, h // merge, w // merge))
-        items = [replace(i, pruned=i.length < i.h * i.w) for i in items]
-        if not any(i.pruned for i in items):
-            return self._stock_positions(input_tokens, mm_features)
-        pos, delta = mrope.positions(len(input_tokens), items)
-        return torch.from_numpy(pos), delta
+            items.append(
+                mrope.MediaItem(
+                    f.mm_position.offset, f.mm_position.length, 1, h // merge, w // merge
+                )
+            )
+        return items

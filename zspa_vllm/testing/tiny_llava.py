@@ -136,13 +136,8 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    # Default init (std 0.02) makes every logit nearly equal, so any kept set would give
-    # the same next-token distribution. Larger weights make the output depend clearly on
-    # WHICH visual tokens were kept: the equivalence tests must be able to fail.
-    with torch.no_grad():
-        for name, p in model.named_parameters() if scale == "tiny" else ():
-            if p.dim() >= 2 and "vision_tower" not in name:
-                p.normal_(0.0, 0.25)
+    if scale == "tiny":
+        sharpen(model, vision="vision_tower")
     model.save_pretrained(path)
     _rename_vision_tower_keys(path, load_file, save_file)
 
@@ -163,6 +158,23 @@ def build_tiny_llava(
     processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def sharpen(model, vision: str) -> None:
+    """Redraw every weight matrix outside the vision tower (names containing ``vision``)
+    with std 0.25, in place.
+
+    Default init (std 0.02) makes every logit nearly equal, so any kept set of visual
+    tokens (or any position) would give the same next-token distribution. Larger weights
+    make the output depend clearly on WHICH tokens were kept and WHERE they sit: the
+    equivalence tests must be able to fail.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and vision not in name:
+                p.normal_(0.0, 0.25)
 
 
 def _rename_vision_tower_keys(path: Path, load_file, save_file) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zspa_vllm.testing.tiny_llava import _CORPUS
+from zspa_vllm.testing.tiny_llava import _CORPUS, sharpen
 
 VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SPECIALS = [
@@ -188,14 +188,8 @@ def build_tiny_qwen_vl(
     )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    # Default init (std 0.02) makes every logit nearly equal, so any kept set (or any
-    # position) would give the same next-token distribution. Larger weights in the text
-    # model make the output depend clearly on WHICH visual tokens were kept and WHERE
-    # they sit: the equivalence tests must be able to fail.
-    with torch.no_grad():
-        for name, p in model.named_parameters() if scale == "tiny" else ():
-            if p.dim() >= 2 and "visual" not in name:
-                p.normal_(0.0, 0.25)
+    if scale == "tiny":
+        sharpen(model, vision="visual")
     model.save_pretrained(path)
 
     # Images from (4 patches)^2 to (side patches)^2: MIN_PIXELS / MAX_PIXELS at patch 14, tiny.
