@@ -34,30 +34,38 @@ _CORPUS = [
 ]
 
 
-def _tokenizer():
+def bpe_tokenizer(specials: list[str], chat_template: str, unk: str | None = None, **named):
+    """A byte-level BPE tokenizer trained here on a small corpus (no hub), with
+    ``specials`` as its first ids, wrapped for transformers; ``named`` are the special-token
+    roles (``eos_token=...``, ``extra_special_tokens={...}``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
     trainer = trainers.BpeTrainer(
         vocab_size=400,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    fast.chat_template = chat_template
+    return fast
+
+
+def _tokenizer():
+    return bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN],
+        CHAT_TEMPLATE,
+        unk="<unk>",
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 # Layer sizes. "tiny": tests (fast). "bench": the CPU benchmark model, shaped so that the

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zspa_vllm.testing.tiny_llava import _CORPUS, sharpen
+from zspa_vllm.testing.tiny_llava import bpe_tokenizer, sharpen
 
 VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SPECIALS = [
@@ -47,20 +47,9 @@ PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_CORPUS * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return bpe_tokenizer(
+        SPECIALS,
+        CHAT_TEMPLATE,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens={
@@ -70,8 +59,6 @@ def _tokenizer():
             "vision_eos_token": "<|vision_end|>",
         },
     )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 # Layer sizes. "tiny": tests (fast). "bench": the CPU benchmark model, shaped so that the
