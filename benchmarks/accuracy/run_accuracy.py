@@ -122,10 +122,40 @@ def visual_tokens(url: str) -> tuple[float, float]:
     )
 
 
+class LmmsEvalError(RuntimeError):
+    """An lmms-eval run that produced no scores; the message names the cause."""
+
+
+# lmms-eval logs an exception in cli_evaluate under this text and still exits 0.
+_EVAL_ERROR = "Error during evaluation"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def check_lmms_eval(name: str, returncode: int, log: str, log_path: Path, output_dir: Path) -> None:
+    """Raise ``LmmsEvalError`` unless the run exited 0, logged no evaluation error and
+    wrote a results file: lmms-eval exits 0 after many failures, so the exit code alone
+    proves nothing (a missing module once passed as a run with no results)."""
+    results = list(output_dir.rglob("*results*.json")) if output_dir.exists() else []
+    if returncode != 0:
+        cause = f"it exited with status {returncode}"
+    elif _EVAL_ERROR in log:
+        cause = f"it logged {_EVAL_ERROR!r} (and exited 0)"
+    elif not results:
+        cause = f"it wrote no results file under {output_dir}"
+    else:
+        return
+    tail = "\n".join(_ANSI.sub("", log).rstrip().splitlines()[-25:])
+    raise LmmsEvalError(
+        f"lmms-eval failed for {name}: {cause}. Last lines of its log ({log_path}):\n{tail}"
+    )
+
+
 def scores(output_dir: Path) -> dict[str, float]:
     """Task -> metric -> value from lmms-eval's newest results file."""
-    (results_file,) = sorted(output_dir.rglob("*results*.json"))[-1:]
-    results = json.loads(results_file.read_text())["results"]
+    found = sorted(output_dir.rglob("*results*.json"))
+    if not found:
+        raise LmmsEvalError(f"no lmms-eval results file under {output_dir}")
+    results = json.loads(found[-1].read_text())["results"]
     return {
         f"{task}/{metric.split(',')[0]}": float(value)
         for task, metrics in results.items()
@@ -160,9 +190,9 @@ def run_config(
         if args.limit:
             cmd += ["--limit", str(args.limit)]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        (work / f"lmms-eval-{slug}.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"lmms-eval failed for {name}:\n{result.stderr[-4000:]}")
+        log, log_path = result.stdout + result.stderr, work / f"lmms-eval-{slug}.log"
+        log_path.write_text(log)
+        check_lmms_eval(name, result.returncode, log, log_path, work / slug)
         after = visual_tokens(url)
     finally:
         stop_server(proc)
@@ -250,7 +280,10 @@ def main() -> None:
     configs = [(0.0, args.methods[0])] + [
         (r, m) for m in args.methods for r in args.ratios if r > 0
     ]
-    rows = [run_config(args, lmms_python, include, r, m, work) for r, m in configs]
+    try:
+        rows = [run_config(args, lmms_python, include, r, m, work) for r, m in configs]
+    except LmmsEvalError as e:
+        sys.exit(f"run_accuracy.py: {e}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
