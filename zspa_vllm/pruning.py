@@ -19,11 +19,19 @@ Conventions shared by every selector:
   (``zspa``, ``relevance``) then fall back to ``divprune_select``, the prompt-agnostic
   diversity rule, so the request is still pruned to ``keep`` tokens.
 
-Memory is O(N * D): the greedy max-min fill keeps a running ``[N]`` vector of the
-distance to the nearest kept token and computes one ``[N]`` row of similarities per
-step; seed-set distances are computed in column chunks of bounded size. A full Gram
-matrix was measured (benchmarks/bench_selection.py) and lost at every benchmarked
-shape: it costs N^2 * D multiply-adds while the greedy needs only keep * N * D.
+Two backends compute the same selections (``ZSPA_SELECT_BACKEND``, see ``envs.py``):
+
+* torch loop (CPU, and images too large for the kernel): memory O(N * D). The greedy
+  max-min fill keeps a running ``[N]`` vector of the distance to the nearest kept token
+  and computes one ``[N]`` row of similarities per step; seed-set distances are computed
+  in column chunks of bounded size. On the CPU a full Gram matrix lost at every
+  benchmarked shape (benchmarks/bench_selection.py): N^2 * D multiply-adds against
+  keep * N * D.
+* Gram + kernel (CUDA, float32 compute): one batched matmul gives every cosine, then the
+  whole fill of every image runs as ONE Triton launch (``greedy_kernel.py``). On a GPU the
+  loop's cost is K x (launches + host syncs), not arithmetic. Extra memory is the Gram,
+  ``B * Nmax^2 * 4`` bytes, kept under ``GRAM_MAX_BYTES`` per launch by splitting the batch;
+  a single image past it (N > 8192) takes the torch loop.
 """
 
 from __future__ import annotations
@@ -33,9 +41,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from zspa_vllm import envs, greedy_kernel
+
 __all__ = [
+    "GRAM_MAX_BYTES",
     "METHODS",
     "divprune_select",
+    "divprune_select_batch",
     "keep_count",
     "random_select",
     "relevance_select",
@@ -56,6 +68,10 @@ _NORM_EPS = 1e-12
 # Upper bound on the elements of one [B, N, C] similarity block (64 MiB in float32).
 # Keeps seed-set distances O(N * D) in memory whatever the core size is.
 _BLOCK_ELEMS = 1 << 24
+
+GRAM_MAX_BYTES = 1 << 28
+"""Bound on the float32 Gram matrices of one kernel launch (256 MiB: one 8192-token image,
+or e.g. 16 images of 2048 tokens). Larger batches are split; a larger image uses the loop."""
 
 
 def keep_count(n: int, prune_ratio: float) -> int:
@@ -213,8 +229,9 @@ def _greedy_fill(
 
 
 def _sorted_result(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    idx = torch.cat([p[p >= 0] for p in parts])
-    return torch.sort(idx).values
+    # Parts are sliced to their exact lengths (no -1 padding), so no boolean mask and no
+    # host sync is needed here.
+    return torch.sort(torch.cat(parts)).values
 
 
 def _relevance(rows: torch.Tensor, inv: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -296,6 +313,139 @@ def _divprune_order_batch(
     return [torch.cat([seed[i], fill[i, : keeps[i] - 1]]) for i in range(b)]
 
 
+def _cosine_gram(rows: torch.Tensor, inv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]`` cosines of ``rows``; padding columns and the diagonal are ``-inf``.
+
+    A token is never its own neighbour (DivPrune's seed) and ``-inf`` can never be a max
+    or lower a min distance, so the greedy kernel reads rows of this matrix as they are.
+    Scaled in place: no second ``[B, N, N]`` buffer.
+    """
+    g = torch.bmm(rows, rows.transpose(1, 2))
+    g.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
+    g.masked_fill_(~valid.unsqueeze(1), -math.inf)
+    g.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    return g
+
+
+def _mark_scatter(valid: torch.Tensor, idx: torch.Tensor, idx_valid: torch.Tensor) -> torch.Tensor:
+    """``~valid`` with ``idx[b, c]`` set wherever ``idx_valid[b, c]`` (no host sync)."""
+    hits = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
+    hits.scatter_add_(1, idx, idx_valid.to(torch.int32))
+    return ~valid | (hits > 0)
+
+
+def _prompt_vectors(prompts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``[B, D]`` mean of each prompt's rows, in a fixed number of launches."""
+    lengths = torch.tensor([p.shape[0] for p in prompts])
+    device = prompts[0].device
+    seg = torch.repeat_interleave(torch.arange(len(prompts)), lengths).to(device)
+    flat = torch.cat(list(prompts)).to(dtype)
+    sums = flat.new_zeros((len(prompts), flat.shape[1])).index_add_(0, seg, flat)
+    return sums / lengths.to(device=device, dtype=dtype).unsqueeze(1)
+
+
+def _max_gram_over(g: torch.Tensor, cols: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` max of ``g[b, i, cols[b, c]]`` over valid ``c``, gathered in column blocks
+    of at most ``_BLOCK_ELEMS`` so a large core never costs a second Gram-sized buffer.
+    A core token's own (diagonal, ``-inf``) entry does not matter: it is chosen already."""
+    b, n, _ = g.shape
+    best = torch.full((b, n), -math.inf, dtype=g.dtype, device=g.device)
+    step = max(1, _BLOCK_ELEMS // (b * n))
+    for lo in range(0, cols.shape[1], step):
+        block = cols[:, lo : lo + step]
+        sims = g.gather(2, block.unsqueeze(1).expand(b, n, block.shape[1]))
+        sims.masked_fill_(~col_valid[:, None, lo : lo + step], -math.inf)
+        best = torch.maximum(best, sims.amax(dim=2))
+    return best
+
+
+def _relevance_batch(
+    rows: torch.Tensor, inv: torch.Tensor, valid: torch.Tensor, prompts: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``[B, N]`` relevance of padded ``rows`` (``-inf`` on padding), batched: the kernel
+    backend's form of ``_relevance``. Float rounding differs from it, so each backend uses
+    one form for ``zspa`` and ``relevance`` alike (core_ratio 1.0 == relevance_select)."""
+    p = _prompt_vectors(prompts, rows.dtype)
+    rel = torch.bmm(rows, p.unsqueeze(2)).squeeze(2) * inv * _inv_norms(p).unsqueeze(1)
+    return rel.masked_fill_(~valid, -math.inf)
+
+
+def _zspa_order_gram(
+    visuals: Sequence[torch.Tensor],
+    prompts: Sequence[torch.Tensor],
+    keeps: Sequence[int],
+    core_ratios: Sequence[float],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``_zspa_order_batch`` on the Gram + kernel backend (same contract)."""
+    rows, inv, valid = _pad_rows(visuals)
+    b, n_max, _ = rows.shape
+    g = _cosine_gram(rows, inv, valid)
+    rel = _relevance_batch(rows, inv, valid, prompts)
+    order = torch.sort(rel, dim=1, descending=True, stable=True).indices
+    cores = [_core_size(k, c) for k, c in zip(keeps, core_ratios, strict=True)]
+    core_idx = order[:, : max(cores)]
+    core_valid = _lengths_mask(cores, core_idx.shape[1], rows.device)
+    chosen = _mark_scatter(valid, core_idx, core_valid)
+    score = (1.0 - _max_gram_over(g, core_idx, core_valid)).masked_fill_(chosen, -math.inf)
+    steps = [k - c for k, c in zip(keeps, cores, strict=True)]
+    fill = greedy_kernel.greedy_fill(g, score, steps)
+    return [(core_idx[i, : cores[i]], fill[i, : steps[i]]) for i in range(b)]
+
+
+def _divprune_order_gram(
+    visuals: Sequence[torch.Tensor], keeps: Sequence[int]
+) -> list[torch.Tensor]:
+    """``_divprune_order_batch`` on the Gram + kernel backend (same contract)."""
+    rows, inv, valid = _pad_rows(visuals)
+    b, n_max, _ = rows.shape
+    g = _cosine_gram(rows, inv, valid)
+    # Diagonal and padding are -inf: the max is over real neighbours only.
+    seed = (1.0 - g.amax(dim=2)).masked_fill_(~valid, -math.inf).argmax(dim=1, keepdim=True)
+    chosen = _mark_scatter(valid, seed, torch.ones_like(seed, dtype=torch.bool))
+    score = (1.0 - _max_gram_over(g, seed, torch.ones_like(chosen[:, :1]))).masked_fill_(
+        chosen, -math.inf
+    )
+    fill = greedy_kernel.greedy_fill(g, score, [k - 1 for k in keeps])
+    return [torch.cat([seed[i], fill[i, : keeps[i] - 1]]) for i in range(b)]
+
+
+def _use_kernel(device: torch.device, dtype: torch.dtype, n: int) -> bool:
+    backend = envs.select_backend()
+    if backend == "torch" or dtype != torch.float32 or n > greedy_kernel.MAX_BLOCK_N:
+        return False
+    if backend == "triton":
+        if not greedy_kernel.available():
+            raise RuntimeError(f"{envs.SELECT_BACKEND}=triton but Triton is not installed")
+        return True
+    return device.type == "cuda" and greedy_kernel.available()
+
+
+def _plan(indices: Sequence[int], visuals: Sequence[torch.Tensor]) -> list[tuple[list[int], bool]]:
+    """Split ``indices`` into ``(group, use_kernel)`` runs that share one padded tensor.
+
+    Kernel groups are sorted by N (less padding) and cut so each launch's Gram matrices
+    fit ``GRAM_MAX_BYTES``; everything else runs as one torch group per device/D/dtype.
+    """
+    plan: list[tuple[list[int], bool]] = []
+    for group in _batchable(indices, visuals):
+        v0 = visuals[group[0]]
+        dtype = _compute_dtype(v0)
+        fits = [i for i in group if _use_kernel(v0.device, dtype, visuals[i].shape[0])]
+        rest = [i for i in group if i not in fits]
+        chunk: list[int] = []
+        for i in sorted(fits, key=lambda i: visuals[i].shape[0]):
+            n = visuals[i].shape[0]  # the largest so far: the chunk's padded width
+            if chunk and (len(chunk) + 1) * n * n * 4 > GRAM_MAX_BYTES:
+                plan.append((chunk, True))
+                chunk = []
+            chunk.append(i)
+        if chunk:
+            plan.append((chunk, True))
+        if rest:
+            plan.append((rest, False))
+    return plan
+
+
 def _batchable(indices: Sequence[int], visuals: Sequence[torch.Tensor]) -> list[list[int]]:
     """Split ``indices`` into groups that can share one padded tensor (device, D, dtype)."""
     groups: dict[tuple[torch.device, int, torch.dtype], list[int]] = {}
@@ -346,8 +496,8 @@ def zspa_select_batch(
             agnostic.append(i)
         else:
             aware.append(i)
-    for group in _batchable(aware, visuals):
-        picks = _zspa_order_batch(
+    for group, kernel in _plan(aware, visuals):
+        picks = (_zspa_order_gram if kernel else _zspa_order_batch)(
             [visuals[i] for i in group],
             [prompts[i] for i in group],
             [keeps[i] for i in group],
@@ -355,10 +505,44 @@ def zspa_select_batch(
         )
         for i, (core, fill) in zip(group, picks, strict=True):
             out[i] = _sorted_result([core, fill])
-    for group in _batchable(agnostic, visuals):
-        picks = _divprune_order_batch([visuals[i] for i in group], [keeps[i] for i in group])
+    _divprune_into(out, agnostic, visuals, keeps)
+    return out  # type: ignore[return-value]
+
+
+def _divprune_into(
+    out: list, indices: Sequence[int], visuals: Sequence[torch.Tensor], keeps: Sequence[int]
+) -> None:
+    for group, kernel in _plan(indices, visuals):
+        picks = (_divprune_order_gram if kernel else _divprune_order_batch)(
+            [visuals[i] for i in group], [keeps[i] for i in group]
+        )
         for i, order in zip(group, picks, strict=True):
             out[i] = _sorted_result([order])
+
+
+def divprune_select_batch(
+    visuals: Sequence[torch.Tensor],
+    prompts: Sequence[torch.Tensor | None] | None,
+    keeps: Sequence[int],
+) -> list[torch.Tensor]:
+    """``divprune_select`` for several images at once (prompts are ignored).
+
+    Returns:
+        One sorted ``torch.long`` index tensor per image, as ``divprune_select`` returns.
+    """
+    if len(keeps) != len(visuals):
+        raise ValueError(
+            f"visuals and keeps must have one entry per image, got {len(visuals)}, {len(keeps)}"
+        )
+    sizes = [_check_inputs(v, None, k) for v, k in zip(visuals, keeps, strict=True)]
+    out: list[torch.Tensor | None] = [None] * len(visuals)
+    todo = []
+    for i, (v, n) in enumerate(zip(visuals, sizes, strict=True)):
+        if keeps[i] >= n:
+            out[i] = _all(n, v.device)
+        else:
+            todo.append(i)
+    _divprune_into(out, todo, visuals, keeps)
     return out  # type: ignore[return-value]
 
 
@@ -408,7 +592,9 @@ def zspa_order(
     n = _check_inputs(visual, prompt, keep)
     if keep >= n or prompt.shape[0] == 0:
         raise ValueError("zspa_order needs keep < N and a non-empty prompt")
-    return _zspa_order_batch([visual], [prompt], [keep], [_check_core_ratio(core_ratio)])[0]
+    ((_, kernel),) = _plan([0], [visual])
+    order = _zspa_order_gram if kernel else _zspa_order_batch
+    return order([visual], [prompt], [keep], [_check_core_ratio(core_ratio)])[0]
 
 
 def relevance_select(visual: torch.Tensor, prompt: torch.Tensor, keep: int) -> torch.Tensor:
@@ -422,7 +608,11 @@ def relevance_select(visual: torch.Tensor, prompt: torch.Tensor, keep: int) -> t
     if prompt.shape[0] == 0:
         return divprune_select(visual, prompt, keep)
     rows = visual.to(_compute_dtype(visual))
-    rel = _relevance(rows, _inv_norms(rows), prompt)
+    if _use_kernel(visual.device, rows.dtype, n):  # zspa's arithmetic on this backend
+        valid = torch.ones(1, n, dtype=torch.bool, device=visual.device)
+        rel = _relevance_batch(rows.unsqueeze(0), _inv_norms(rows).unsqueeze(0), valid, [prompt])[0]
+    else:
+        rel = _relevance(rows, _inv_norms(rows), prompt)
     top = torch.sort(rel, descending=True, stable=True).indices[:keep]
     return torch.sort(top).values
 
@@ -433,10 +623,7 @@ def divprune_select(visual: torch.Tensor, prompt: torch.Tensor | None, keep: int
     Seeded with the token whose nearest neighbour is farthest, as DivPrune does, then
     greedy max-min cosine distance. The seed costs N^2 * D (not memory: row blocks).
     """
-    n = _check_inputs(visual, None, keep)
-    if keep >= n:
-        return _all(n, visual.device)
-    return _sorted_result(_divprune_order_batch([visual], [keep]))
+    return divprune_select_batch([visual], None, [keep])[0]
 
 
 def random_select(
@@ -501,8 +688,10 @@ def select_batch(
     keeps: Sequence[int],
     **options: object,
 ) -> list[torch.Tensor]:
-    """``select`` over several images; ``zspa`` runs as one padded batch."""
+    """``select`` over several images; ``zspa`` and ``divprune`` run as one padded batch."""
     fn = _method(method)
     if fn is zspa_select:
         return zspa_select_batch(visuals, prompts, keeps, **options)  # type: ignore[arg-type]
+    if fn is divprune_select:
+        return divprune_select_batch(visuals, prompts, keeps, **options)  # type: ignore[arg-type]
     return [fn(v, p, k, **options) for v, p, k in zip(visuals, prompts, keeps, strict=True)]

@@ -86,3 +86,41 @@ def test_serve_bench_launches_the_qwen_benchmark_model(tmp_path):
     # An 896 x 896 image is 32 x 32 = 1024 visual tokens on the benchmark model.
     assert stock == full and full - pruned == 1024 - keep_count(1024, 0.9)
     assert "qwen2_5_vl CPU benchmark model" in out.with_suffix(".md").read_text()
+
+
+def test_bench_selection_times_both_backends_per_image_and_per_batch(tmp_path):
+    # The triton backend on CPU tensors runs in the interpreter here (plumbing only).
+    run_script(
+        "benchmarks/bench_selection.py", "--shapes", "120x32", "--ratios", "0.75",
+        "--methods", "zspa", "divprune", "uniform", "--backends", "torch", "triton",
+        "--batches", "1", "3", "--repeats", "2", "--out", str(tmp_path),
+        env={"TRITON_INTERPRET": "1"},
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "selection-cpu-float32-t1.json").read_text())["rows"]
+    cells = {(r["method"], r["backend"], r["batch"]) for r in rows}
+    greedy = {(m, b, k) for m in ("zspa", "divprune") for b in ("torch", "triton") for k in (1, 3)}
+    assert cells == greedy | {("uniform", "torch", 1), ("uniform", "torch", 3)}
+    for r in rows:
+        assert r["keep"] == keep_count(120, 0.75)
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["first_ms"] > 0
+
+
+def test_gpu_ttft_reports_each_backend_against_the_amdahl_limit(tmp_path):
+    out = tmp_path / "ttft.json"
+    run_script(
+        "benchmarks/gpu_ttft.py", "--tiny", "--device", "cpu", "--repeats", "2",
+        "--ratios", "0.5", "0.9", "--batches", "1", "2", "--out", str(out),
+        env={"TRITON_INTERPRET": "1"},
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["batch"], r["ratio"], r["backend"]) for r in rows} == {
+        (b, r, k) for b in (1, 2) for r in (0.5, 0.9) for k in ("torch", "triton")
+    }
+    for r in rows:
+        text = r["tokens_full"] - 64  # the tiny shape: 64 image tokens
+        assert r["tokens_pruned"] == text + keep_count(64, r["ratio"])
+        vision, full = r["vision_ms"]["median"], r["prefill_full_ms"]["median"]
+        pruned, sel = r["prefill_pruned_ms"]["median"], r["selection_ms"]["median"]
+        assert r["amdahl_limit"] == pytest.approx((vision + full) / (vision + pruned))
+        assert r["speedup"] == pytest.approx((vision + full) / (vision + pruned + sel))
+        assert r["pct_of_limit"] == pytest.approx(100 * r["speedup"] / r["amdahl_limit"])

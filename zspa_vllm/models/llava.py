@@ -25,7 +25,7 @@ from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import ProcessorInputs
 
 from zspa_vllm.models.processing import PruningProcessorMixin
-from zspa_vllm.models.selection import ItemOptions, select_rows
+from zspa_vllm.models.selection import ItemOptions, select_rows, warm_up
 
 
 class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
@@ -64,8 +64,9 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def embed_multimodal(self, **kwargs: object):
         options = ItemOptions.pop(kwargs, "image")
         embeds = super().embed_multimodal(**kwargs)
-        if options is None:
-            return embeds  # no image in this batch asked for pruning
+        if options is None:  # no image in this batch asked for pruning
+            warm_up(embeds)
+            return embeds
         embeds = list(embeds)
         rows = select_rows(embeds, self.get_language_model().embed_input_ids, options)
         return tuple(e[r] for e, r in zip(embeds, rows, strict=True))

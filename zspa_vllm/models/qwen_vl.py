@@ -50,7 +50,7 @@ from vllm.multimodal.utils import copy_mm_embedding_modality
 
 from zspa_vllm import config, envs, mrope
 from zspa_vllm.models.processing import PROFILING, PruningProcessorMixin
-from zspa_vllm.models.selection import ItemOptions, rows, scalars, select_rows
+from zspa_vllm.models.selection import ItemOptions, rows, scalars, select_rows, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ class _PrunedQwenVL:
     def embed_multimodal(self, **kwargs: object):
         options = {m: ItemOptions.pop(kwargs, m) for m in MODALITIES}
         if not any(options.values()):
-            return super().embed_multimodal(**kwargs)
+            embeds = super().embed_multimodal(**kwargs)
+            warm_up(embeds)
+            return embeds
         embeds: list[torch.Tensor] = []
         for sub in self._encoder_batches(kwargs):  # (zero-arg super() fails in a comprehension)
             embeds += super().embed_multimodal(**sub)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from zspa_vllm import config
+from zspa_vllm import config, envs, greedy_kernel
 from zspa_vllm.models.processing import fields
 from zspa_vllm.pruning import keep_count, select_batch
+
+# Devices whose selection kernels are compiled (or loaded from Triton's disk cache).
+_warm: set[torch.device] = set()
 
 
 class ItemOptions:
@@ -54,10 +57,29 @@ def select_rows(
     for i, m in enumerate(options.methods):
         by_method.setdefault(config.METHOD_NAMES[m], []).append(i)
     for method, idx in by_method.items():
-        prompts = [embed_input_ids(options.prompt_ids[i].to(device)) for i in idx]
+        # One embedding lookup for every prompt of the batch, split back per item.
+        ids = [options.prompt_ids[i] for i in idx]
+        flat = embed_input_ids(torch.cat(ids).to(device, non_blocking=True))
+        prompts = list(flat.split([len(t) for t in ids]))
         keeps = [keep_count(embeds[i].shape[0], options.ratios[i]) for i in idx]
         extra = {"core_ratio": [options.core_ratios[i] for i in idx]} if method == "zspa" else {}
         kept = select_batch(method, [embeds[i] for i in idx], prompts, keeps, **extra)
         for i, rows in zip(idx, kept, strict=True):
             out[i] = rows
     return out  # type: ignore[return-value]
+
+
+def warm_up(embeds: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+    """Compile the selection kernel for every size up to the largest item, once per device.
+
+    Called on batches that prune nothing: vLLM's profiling run is the first of those and
+    carries the largest items the engine admits, so no request pays a Triton compile. A
+    no-op on the CPU and with ``ZSPA_SELECT_BACKEND=torch``.
+    """
+    if not embeds or envs.select_backend() == "torch":
+        return
+    device = embeds[0].device
+    if device.type != "cuda" or device in _warm:
+        return
+    greedy_kernel.warmup(device, max(e.shape[0] for e in embeds))
+    _warm.add(device)
