@@ -25,9 +25,9 @@ import torch
 
 __all__ = ["MAX_BLOCK_N", "available", "greedy_fill", "warmup"]
 
-MAX_BLOCK_N = 8192
-"""Largest N one program holds in registers. Larger images take the torch path (their Gram
-matrix, 256 MiB at 8192, is also past the memory bound pruning.py sets)."""
+MAX_BLOCK_N = 16384
+"""Largest N one program holds in registers (16 scores per thread at 32 warps). Larger
+images take the torch loop; so do images whose Gram is past pruning's memory bound."""
 
 _MIN_BLOCK_N = 16
 

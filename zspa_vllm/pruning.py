@@ -30,8 +30,9 @@ Two backends compute the same selections (``ZSPA_SELECT_BACKEND``, see ``envs.py
 * Gram + kernel (CUDA, float32 compute): one batched matmul gives every cosine, then the
   whole fill of every image runs as ONE Triton launch (``greedy_kernel.py``). On a GPU the
   loop's cost is K x (launches + host syncs), not arithmetic. Extra memory is the Gram,
-  ``B * Nmax^2 * 4`` bytes, kept under ``GRAM_MAX_BYTES`` per launch by splitting the batch;
-  a single image past it (N > 8192) takes the torch loop.
+  ``B * Nmax^2 * 4`` bytes, kept under ``gram_max_bytes()`` per launch by splitting the
+  batch; a single image past it (N > 8192 by default) takes the torch loop.
+  ``peak_extra_bytes`` bounds a whole call.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ __all__ = [
     "METHODS",
     "divprune_select",
     "divprune_select_batch",
+    "gram_max_bytes",
     "keep_count",
+    "peak_extra_bytes",
     "random_select",
     "relevance_select",
     "select",
@@ -70,8 +73,33 @@ _NORM_EPS = 1e-12
 _BLOCK_ELEMS = 1 << 24
 
 GRAM_MAX_BYTES = 1 << 28
-"""Bound on the float32 Gram matrices of one kernel launch (256 MiB: one 8192-token image,
-or e.g. 16 images of 2048 tokens). Larger batches are split; a larger image uses the loop."""
+"""Default bound on the float32 Gram matrices of one kernel launch (256 MiB: one 8192-token
+image, or 16 images of 2048 tokens); ``ZSPA_GRAM_MAX_MIB`` overrides it. Larger batches are
+split; a larger image uses the loop."""
+
+
+def gram_max_bytes() -> int:
+    """The Gram bound in force: ``ZSPA_GRAM_MAX_MIB`` when set, else ``GRAM_MAX_BYTES``."""
+    mib = envs.gram_max_mib()
+    return GRAM_MAX_BYTES if mib is None else mib << 20
+
+
+def peak_extra_bytes(sizes: Sequence[int], d: int) -> int:
+    """Upper bound on the extra memory of one ``select_batch`` call on the kernel backend.
+
+    For images of ``sizes`` tokens of width ``d``: the float32 padded copy of the tokens
+    (``B * Nmax * D * 4``; a view for one float32 image), one launch's Gram (at most
+    ``gram_max_bytes()``), one gathered block of seed columns (at most 64 MiB) and O(B * N)
+    vectors. The torch loop needs less (O(N * D)).
+    """
+    b, n = len(sizes), max(sizes, default=0)
+    square = b * n * n * 4
+    return (
+        b * n * d * 4
+        + min(gram_max_bytes(), square)
+        + min(_BLOCK_ELEMS * 4, square)
+        + (16 * b * n * 8)
+    )
 
 
 def keep_count(n: int, prune_ratio: float) -> int:
@@ -413,6 +441,8 @@ def _use_kernel(device: torch.device, dtype: torch.dtype, n: int) -> bool:
     backend = envs.select_backend()
     if backend == "torch" or dtype != torch.float32 or n > greedy_kernel.MAX_BLOCK_N:
         return False
+    if n * n * 4 > gram_max_bytes():
+        return False
     if backend == "triton":
         if not greedy_kernel.available():
             raise RuntimeError(f"{envs.SELECT_BACKEND}=triton but Triton is not installed")
@@ -424,8 +454,9 @@ def _plan(indices: Sequence[int], visuals: Sequence[torch.Tensor]) -> list[tuple
     """Split ``indices`` into ``(group, use_kernel)`` runs that share one padded tensor.
 
     Kernel groups are sorted by N (less padding) and cut so each launch's Gram matrices
-    fit ``GRAM_MAX_BYTES``; everything else runs as one torch group per device/D/dtype.
+    fit ``gram_max_bytes()``; everything else runs as one torch group per device/D/dtype.
     """
+    budget = gram_max_bytes()
     plan: list[tuple[list[int], bool]] = []
     for group in _batchable(indices, visuals):
         v0 = visuals[group[0]]
@@ -435,7 +466,7 @@ def _plan(indices: Sequence[int], visuals: Sequence[torch.Tensor]) -> list[tuple
         chunk: list[int] = []
         for i in sorted(fits, key=lambda i: visuals[i].shape[0]):
             n = visuals[i].shape[0]  # the largest so far: the chunk's padded width
-            if chunk and (len(chunk) + 1) * n * n * 4 > GRAM_MAX_BYTES:
+            if chunk and (len(chunk) + 1) * n * n * 4 > budget:
                 plan.append((chunk, True))
                 chunk = []
             chunk.append(i)

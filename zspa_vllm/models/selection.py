@@ -7,7 +7,7 @@ import torch
 
 from zspa_vllm import config, envs, greedy_kernel
 from zspa_vllm.models.processing import fields
-from zspa_vllm.pruning import keep_count, select_batch
+from zspa_vllm.pruning import keep_count, peak_extra_bytes, select_batch
 
 # Devices whose selection kernels are compiled (or loaded from Triton's disk cache).
 _warm: set[torch.device] = set()
@@ -70,16 +70,24 @@ def select_rows(
 
 
 def warm_up(embeds: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
-    """Compile the selection kernel for every size up to the largest item, once per device.
+    """Prepare the selection kernel during vLLM's profiling run, once per device.
 
     Called on batches that prune nothing: vLLM's profiling run is the first of those and
-    carries the largest items the engine admits, so no request pays a Triton compile. A
-    no-op on the CPU and with ``ZSPA_SELECT_BACKEND=torch``.
+    carries the largest batch of items the engine admits. Two things happen there:
+    every kernel size up to the largest item is compiled (or loaded from Triton's disk
+    cache), so no request pays a compile; and a buffer of ``peak_extra_bytes`` for that
+    batch is allocated and freed, so vLLM's peak-memory profile, which sizes the KV cache,
+    reserves the selector's memory too. A no-op on the CPU and with
+    ``ZSPA_SELECT_BACKEND=torch``.
     """
     if not embeds or envs.select_backend() == "torch":
         return
     device = embeds[0].device
     if device.type != "cuda" or device in _warm:
         return
-    greedy_kernel.warmup(device, max(e.shape[0] for e in embeds))
+    sizes = [e.shape[0] for e in embeds]
+    greedy_kernel.warmup(device, max(sizes))
+    reserve = torch.empty(peak_extra_bytes(sizes, embeds[0].shape[-1]), dtype=torch.uint8,
+                          device=device)  # fmt: skip
+    del reserve
     _warm.add(device)
