@@ -42,7 +42,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from zspa_vllm import envs, greedy_kernel
+from zspa_vllm import envs, gram_backend, greedy_kernel
+from zspa_vllm._rows import BLOCK_ELEMS as _BLOCK_ELEMS
+from zspa_vllm._rows import compute_dtype as _compute_dtype
+from zspa_vllm._rows import core_size as _core_size
+from zspa_vllm._rows import inv_norms as _inv_norms
+from zspa_vllm._rows import lengths_mask as _lengths_mask
+from zspa_vllm._rows import pad_rows as _pad_rows
 
 __all__ = [
     "GRAM_MAX_BYTES",
@@ -66,11 +72,6 @@ DEFAULT_CORE_RATIO = 0.6
 """Share of the budget filled by relevance. The paper tunes it per task and publishes
 no default; 0.6 is the common reimplementation choice (see DESIGN.md §1)."""
 
-# Norms below this are treated as zero vectors: cosine 0 with everything, never NaN.
-_NORM_EPS = 1e-12
-# Upper bound on the elements of one [B, N, C] similarity block (64 MiB in float32).
-# Keeps seed-set distances O(N * D) in memory whatever the core size is.
-_BLOCK_ELEMS = 1 << 24
 
 GRAM_MAX_BYTES = 1 << 28
 """Default bound on the float32 Gram matrices of one kernel launch (256 MiB: one 8192-token
@@ -159,42 +160,8 @@ def _describe(x: object) -> str:
     return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _core_size(keep: int, core_ratio: float) -> int:
-    return min(keep, max(1, round(core_ratio * keep)))
-
-
 def _all(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.long, device=device)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _inv_norms(x: torch.Tensor) -> torch.Tensor:
-    """``1 / ||row||``; a zero row gets a huge factor times a zero dot product, i.e. 0."""
-    return torch.linalg.vector_norm(x, dim=-1).clamp_min(_NORM_EPS).reciprocal()
-
-
-def _pad_rows(visuals: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack ``visuals`` as ``[B, Nmax, D]`` in the compute dtype, zero-padded.
-
-    Returns ``(rows, inv_norms [B, Nmax], valid [B, Nmax])``. Rows are not normalised:
-    cosines are dot products scaled by the two inverse norms, which saves writing a
-    normalised copy of every token (measured: the division alone cost more than the
-    whole greedy fill at N=576, D=4096). A single image is a view, not a copy.
-    """
-    first = visuals[0]
-    dtype = _compute_dtype(first)
-    if len(visuals) == 1:
-        rows = first.to(dtype).unsqueeze(0)
-    else:
-        n_max = max(v.shape[0] for v in visuals)
-        rows = first.new_zeros((len(visuals), n_max, first.shape[1]), dtype=dtype)
-        for b, v in enumerate(visuals):
-            rows[b, : v.shape[0]] = v
-    valid = _lengths_mask([v.shape[0] for v in visuals], rows.shape[1], first.device)
-    return rows, _inv_norms(rows), valid
 
 
 def _max_sim_to(
@@ -275,10 +242,6 @@ def _mark(chosen: torch.Tensor, idx: torch.Tensor, idx_valid: torch.Tensor) -> t
     return chosen
 
 
-def _lengths_mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(width, device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
-
-
 def _zspa_order_batch(
     visuals: Sequence[torch.Tensor],
     prompts: Sequence[torch.Tensor],
@@ -338,102 +301,6 @@ def _divprune_order_batch(
     min_dist = 1.0 - _max_sim_to(rows, inv, seed, seed_valid)
     steps = torch.tensor([k - 1 for k in keeps], device=rows.device)
     fill = _greedy_fill(rows, inv, chosen, min_dist, steps)
-    return [torch.cat([seed[i], fill[i, : keeps[i] - 1]]) for i in range(b)]
-
-
-def _cosine_gram(rows: torch.Tensor, inv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``[B, N, N]`` cosines of ``rows``; padding columns and the diagonal are ``-inf``.
-
-    A token is never its own neighbour (DivPrune's seed) and ``-inf`` can never be a max
-    or lower a min distance, so the greedy kernel reads rows of this matrix as they are.
-    Scaled in place: no second ``[B, N, N]`` buffer.
-    """
-    g = torch.bmm(rows, rows.transpose(1, 2))
-    g.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
-    g.masked_fill_(~valid.unsqueeze(1), -math.inf)
-    g.diagonal(dim1=1, dim2=2).fill_(-math.inf)
-    return g
-
-
-def _mark_scatter(valid: torch.Tensor, idx: torch.Tensor, idx_valid: torch.Tensor) -> torch.Tensor:
-    """``~valid`` with ``idx[b, c]`` set wherever ``idx_valid[b, c]`` (no host sync)."""
-    hits = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
-    hits.scatter_add_(1, idx, idx_valid.to(torch.int32))
-    return ~valid | (hits > 0)
-
-
-def _prompt_vectors(prompts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``[B, D]`` mean of each prompt's rows, in a fixed number of launches."""
-    lengths = torch.tensor([p.shape[0] for p in prompts])
-    device = prompts[0].device
-    seg = torch.repeat_interleave(torch.arange(len(prompts)), lengths).to(device)
-    flat = torch.cat(list(prompts)).to(dtype)
-    sums = flat.new_zeros((len(prompts), flat.shape[1])).index_add_(0, seg, flat)
-    return sums / lengths.to(device=device, dtype=dtype).unsqueeze(1)
-
-
-def _max_gram_over(g: torch.Tensor, cols: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
-    """``[B, N]`` max of ``g[b, i, cols[b, c]]`` over valid ``c``, gathered in column blocks
-    of at most ``_BLOCK_ELEMS`` so a large core never costs a second Gram-sized buffer.
-    A core token's own (diagonal, ``-inf``) entry does not matter: it is chosen already."""
-    b, n, _ = g.shape
-    best = torch.full((b, n), -math.inf, dtype=g.dtype, device=g.device)
-    step = max(1, _BLOCK_ELEMS // (b * n))
-    for lo in range(0, cols.shape[1], step):
-        block = cols[:, lo : lo + step]
-        sims = g.gather(2, block.unsqueeze(1).expand(b, n, block.shape[1]))
-        sims.masked_fill_(~col_valid[:, None, lo : lo + step], -math.inf)
-        best = torch.maximum(best, sims.amax(dim=2))
-    return best
-
-
-def _relevance_batch(
-    rows: torch.Tensor, inv: torch.Tensor, valid: torch.Tensor, prompts: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """``[B, N]`` relevance of padded ``rows`` (``-inf`` on padding), batched: the kernel
-    backend's form of ``_relevance``. Float rounding differs from it, so each backend uses
-    one form for ``zspa`` and ``relevance`` alike (core_ratio 1.0 == relevance_select)."""
-    p = _prompt_vectors(prompts, rows.dtype)
-    rel = torch.bmm(rows, p.unsqueeze(2)).squeeze(2) * inv * _inv_norms(p).unsqueeze(1)
-    return rel.masked_fill_(~valid, -math.inf)
-
-
-def _zspa_order_gram(
-    visuals: Sequence[torch.Tensor],
-    prompts: Sequence[torch.Tensor],
-    keeps: Sequence[int],
-    core_ratios: Sequence[float],
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``_zspa_order_batch`` on the Gram + kernel backend (same contract)."""
-    rows, inv, valid = _pad_rows(visuals)
-    b, n_max, _ = rows.shape
-    g = _cosine_gram(rows, inv, valid)
-    rel = _relevance_batch(rows, inv, valid, prompts)
-    order = torch.sort(rel, dim=1, descending=True, stable=True).indices
-    cores = [_core_size(k, c) for k, c in zip(keeps, core_ratios, strict=True)]
-    core_idx = order[:, : max(cores)]
-    core_valid = _lengths_mask(cores, core_idx.shape[1], rows.device)
-    chosen = _mark_scatter(valid, core_idx, core_valid)
-    score = (1.0 - _max_gram_over(g, core_idx, core_valid)).masked_fill_(chosen, -math.inf)
-    steps = [k - c for k, c in zip(keeps, cores, strict=True)]
-    fill = greedy_kernel.greedy_fill(g, score, steps)
-    return [(core_idx[i, : cores[i]], fill[i, : steps[i]]) for i in range(b)]
-
-
-def _divprune_order_gram(
-    visuals: Sequence[torch.Tensor], keeps: Sequence[int]
-) -> list[torch.Tensor]:
-    """``_divprune_order_batch`` on the Gram + kernel backend (same contract)."""
-    rows, inv, valid = _pad_rows(visuals)
-    b, n_max, _ = rows.shape
-    g = _cosine_gram(rows, inv, valid)
-    # Diagonal and padding are -inf: the max is over real neighbours only.
-    seed = (1.0 - g.amax(dim=2)).masked_fill_(~valid, -math.inf).argmax(dim=1, keepdim=True)
-    chosen = _mark_scatter(valid, seed, torch.ones_like(seed, dtype=torch.bool))
-    score = (1.0 - _max_gram_over(g, seed, torch.ones_like(chosen[:, :1]))).masked_fill_(
-        chosen, -math.inf
-    )
-    fill = greedy_kernel.greedy_fill(g, score, [k - 1 for k in keeps])
     return [torch.cat([seed[i], fill[i, : keeps[i] - 1]]) for i in range(b)]
 
 
@@ -528,7 +395,7 @@ def zspa_select_batch(
         else:
             aware.append(i)
     for group, kernel in _plan(aware, visuals):
-        picks = (_zspa_order_gram if kernel else _zspa_order_batch)(
+        picks = (gram_backend.zspa_order if kernel else _zspa_order_batch)(
             [visuals[i] for i in group],
             [prompts[i] for i in group],
             [keeps[i] for i in group],
@@ -544,7 +411,7 @@ def _divprune_into(
     out: list, indices: Sequence[int], visuals: Sequence[torch.Tensor], keeps: Sequence[int]
 ) -> None:
     for group, kernel in _plan(indices, visuals):
-        picks = (_divprune_order_gram if kernel else _divprune_order_batch)(
+        picks = (gram_backend.divprune_order if kernel else _divprune_order_batch)(
             [visuals[i] for i in group], [keeps[i] for i in group]
         )
         for i, order in zip(group, picks, strict=True):
@@ -624,7 +491,7 @@ def zspa_order(
     if keep >= n or prompt.shape[0] == 0:
         raise ValueError("zspa_order needs keep < N and a non-empty prompt")
     ((_, kernel),) = _plan([0], [visual])
-    order = _zspa_order_gram if kernel else _zspa_order_batch
+    order = gram_backend.zspa_order if kernel else _zspa_order_batch
     return order([visual], [prompt], [keep], [_check_core_ratio(core_ratio)])[0]
 
 
@@ -641,7 +508,9 @@ def relevance_select(visual: torch.Tensor, prompt: torch.Tensor, keep: int) -> t
     rows = visual.to(_compute_dtype(visual))
     if _use_kernel(visual.device, rows.dtype, n):  # zspa's arithmetic on this backend
         valid = torch.ones(1, n, dtype=torch.bool, device=visual.device)
-        rel = _relevance_batch(rows.unsqueeze(0), _inv_norms(rows).unsqueeze(0), valid, [prompt])[0]
+        rel = gram_backend.relevance_batch(
+            rows.unsqueeze(0), _inv_norms(rows).unsqueeze(0), valid, [prompt]
+        )[0]
     else:
         rel = _relevance(rows, _inv_norms(rows), prompt)
     top = torch.sort(rel, descending=True, stable=True).indices[:keep]

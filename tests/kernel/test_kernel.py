@@ -8,7 +8,7 @@ import torch
 from tests.unit import reference as ref
 from tests.unit.peak_rss import peak_growth_mib
 from tests.unit.test_pruning import NEAR_TIE, check_against_reference, clustered, gaussian
-from zspa_vllm import greedy_kernel
+from zspa_vllm import gram_backend, greedy_kernel
 from zspa_vllm import pruning as P
 
 
@@ -36,7 +36,7 @@ def divprune_matches_reference(visual: torch.Tensor, keep: int, got: list[int]) 
 def divprune_order(visual: torch.Tensor, keep: int) -> list[int]:
     ((_, kernel),) = P._plan([0], [visual])
     assert kernel
-    return P._divprune_order_gram([visual], [keep])[0].tolist()
+    return gram_backend.divprune_order([visual], [keep])[0].tolist()
 
 
 @pytest.mark.parametrize("make", [gaussian, clustered])
@@ -167,7 +167,7 @@ def test_kernel_alone_against_the_reference_greedy(device):
     # The kernel on a hand-made start set (two seeds), checked step by step.
     visual = clustered(300, 32, 12)
     rows, inv, valid = P._pad_rows([visual])
-    g = P._cosine_gram(rows, inv, valid)
+    g = gram_backend.cosine_gram(rows, inv, valid)
     start = [3, 77]
     score = 1.0 - g[0, :, start].amax(dim=1)
     score[start] = float("-inf")
