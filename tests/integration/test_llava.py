@@ -237,3 +237,14 @@ def test_siglip_tower_prunes_and_matches_hf(siglip_llm, tiny_llava_siglip, ratio
     want = hf_logprobs(tiny_llava_siglip, out.prompt_token_ids, img, QUESTION, pruning.zspa_select)
     for token, lp in out.outputs[0].logprobs[0].items():
         assert lp.logprob == pytest.approx(float(want[token]), abs=1e-3)
+
+
+def test_warm_up_takes_stacked_or_listed_embeds():
+    # embed_multimodal may return one stacked tensor (equal-size images) or a sequence;
+    # a truth test on the tensor once killed the engine on every unpruned batch.
+    import torch
+
+    from zspa_vllm.models.selection import warm_up
+
+    for embeds in (torch.zeros(2, 5, 8), [torch.zeros(5, 8)], (), torch.zeros(0, 5, 8)):
+        warm_up(embeds)  # on the CPU a no-op, never an error

@@ -3,6 +3,8 @@ processor attached and select the kept rows of each item's encoder output."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from zspa_vllm import config, envs, greedy_kernel
@@ -69,7 +71,7 @@ def select_rows(
     return out  # type: ignore[return-value]
 
 
-def warm_up(embeds: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+def warm_up(embeds: torch.Tensor | Sequence[torch.Tensor]) -> None:
     """Prepare the selection kernel during vLLM's profiling run, once per device.
 
     Called on batches that prune nothing: vLLM's profiling run is the first of those and
@@ -80,10 +82,11 @@ def warm_up(embeds: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
     reserves the selector's memory too. A no-op on the CPU and with
     ``ZSPA_SELECT_BACKEND=torch``.
     """
-    if not embeds or envs.select_backend() == "torch":
+    # ``embeds`` may be one stacked tensor (equal-size items), so no truth test on it.
+    if len(embeds) == 0:
         return
     device = embeds[0].device
-    if device.type != "cuda" or device in _warm:
+    if device.type != "cuda" or device in _warm or envs.select_backend() == "torch":
         return
     sizes = [e.shape[0] for e in embeds]
     greedy_kernel.warmup(device, max(sizes))
