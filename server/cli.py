@@ -3,8 +3,8 @@
 The same launch path as ``vllm serve`` (its parser, its ``ServeSubcommand.cmd``:
 single or multiple API servers, data parallel, headless), plus:
 
-* ``--prune-ratio / --prune-method / --prune-core-ratio``: defaults for requests that
-  do not set them, passed to the engine as ``mm_processor_kwargs`` defaults (so the
+* ``--prune-ratio / --prune-method / --prune-core-ratio / --prune-scope``: defaults for
+  requests that do not set them, passed to the engine as ``mm_processor_kwargs`` defaults (so the
   processor applies them; precedence request > these > built-in);
 * ``--max-request-body-bytes``: 413 above it;
 * our middleware, appended to vLLM's ``--middleware`` list so each API-server process
@@ -62,6 +62,13 @@ def make_parser():
         help="Default share of the budget chosen by relevance, zspa only, in [0, 1].",
     )
     group.add_argument(
+        "--prune-scope",
+        choices=config.SCOPES,
+        default=None,
+        help="Default prompt text that selects an image's tokens (built-in: turn, which keeps "
+        "earlier turns of a chat in the prefix cache; prompt: all text of the prompt).",
+    )
+    group.add_argument(
         "--max-request-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
@@ -77,6 +84,7 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
         (config.RATIO_KEY, args.prune_ratio),
         (config.METHOD_KEY, args.prune_method),
         (config.CORE_RATIO_KEY, args.prune_core_ratio),
+        (config.SCOPE_KEY, args.prune_scope),
     ):
         if value is not None:
             defaults[key] = value

@@ -23,6 +23,7 @@ ALLOWED = {
     config.RATIO_KEY: "a number in [0, 1)",
     config.METHOD_KEY: f"one of {', '.join(config.METHOD_NAMES)}",
     config.CORE_RATIO_KEY: "a number in [0, 1]",
+    config.SCOPE_KEY: f"one of {', '.join(config.SCOPES)}",
 }
 
 
@@ -33,6 +34,7 @@ class PruneFields(BaseModel):
     prune_ratio: float = Field(default=None, ge=0.0, lt=1.0)  # type: ignore[assignment]
     prune_method: Literal[config.METHOD_NAMES] = None  # type: ignore[valid-type]
     prune_core_ratio: float = Field(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
+    prune_scope: Literal[config.SCOPES] = None  # type: ignore[valid-type]
 
 
 class PruneFieldError(ValueError):

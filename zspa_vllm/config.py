@@ -16,10 +16,15 @@ from zspa_vllm.pruning import DEFAULT_CORE_RATIO, METHODS
 RATIO_KEY = "prune_ratio"
 METHOD_KEY = "prune_method"
 CORE_RATIO_KEY = "prune_core_ratio"
-KEYS = (CORE_RATIO_KEY, METHOD_KEY, RATIO_KEY)
+SCOPE_KEY = "prune_scope"
+KEYS = (CORE_RATIO_KEY, METHOD_KEY, RATIO_KEY, SCOPE_KEY)
 # Any key with this prefix is ours: a misspelt option (prune_rato) is an error, not ignored.
 PREFIX = "prune_"
 METHOD_NAMES = tuple(sorted(METHODS))
+# Which prompt text selects an item's tokens: "turn" (the conversation up to the assistant
+# reply to the item's own message: earlier turns keep their selection, hashes and prefix-cache
+# blocks in later turns) or "prompt" (all text of the prompt). Identical for one question.
+SCOPES = ("prompt", "turn")
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,13 @@ class PruneOptions:
         ratio: share of each image's visual tokens to drop, in [0, 1); 0 disables pruning.
         method: selector name, one of ``METHOD_NAMES``.
         core_ratio: share of the budget chosen by relevance (zspa only), in [0, 1].
+        scope: which prompt text selects each item's tokens, one of ``SCOPES``.
     """
 
     ratio: float = 0.0
     method: str = "zspa"
     core_ratio: float = DEFAULT_CORE_RATIO
+    scope: str = "turn"
 
     def __post_init__(self) -> None:
         _check_number(RATIO_KEY, self.ratio, "[0, 1)", lambda x: 0.0 <= x < 1.0)
@@ -43,6 +50,8 @@ class PruneOptions:
             raise ValueError(
                 f"{METHOD_KEY} must be one of {', '.join(METHOD_NAMES)}; got {self.method!r}"
             )
+        if not isinstance(self.scope, str) or self.scope not in SCOPES:
+            raise ValueError(f"{SCOPE_KEY} must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         # Normalise ints (1 -> 1.0) so equal options hash equally.
         object.__setattr__(self, "ratio", float(self.ratio))
         object.__setattr__(self, "core_ratio", float(self.core_ratio))
@@ -81,6 +90,7 @@ def resolve(
         ratio=merged.get(RATIO_KEY, 0.0),  # type: ignore[arg-type]
         method=merged.get(METHOD_KEY, "zspa"),  # type: ignore[arg-type]
         core_ratio=merged.get(CORE_RATIO_KEY, DEFAULT_CORE_RATIO),  # type: ignore[arg-type]
+        scope=merged.get(SCOPE_KEY, "turn"),  # type: ignore[arg-type]
     )
 
 

@@ -31,8 +31,8 @@ from zspa_vllm.models.selection import ItemOptions, select_rows, warm_up
 class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
     zspa_modalities = {"image": ("pixel_values", "image_embeds")}
 
-    def _zspa_placeholder_ids(self) -> set[int]:
-        return {self.info.get_hf_config().image_token_index}
+    def _zspa_item_tokens(self) -> dict[str, int]:
+        return {"image": self.info.get_hf_config().image_token_index}
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         images = inputs.mm_data_items.get("image")

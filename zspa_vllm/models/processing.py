@@ -3,12 +3,13 @@
 ``PruningProcessorMixin`` goes in front of a vLLM multimodal processor class and:
   * resolves and validates the request's pruning options (request > engine default);
   * emits ``keep_count(N, ratio)`` placeholders per pruned item instead of N;
-  * attaches per-item fields for the worker (prompt text token ids, ratio, method, core
-    ratio), one set per pruned modality;
-  * puts the prompt ids and options into the request kwargs before vLLM hashes them, so
-    every item's hash (the key of the processor cache, the encoder cache and the
-    prefix-cache blocks) covers them: two requests share pruned tokens only if their
-    media, prompt text and options are identical;
+  * attaches per-item fields for the worker (the text token ids of the item's prompt
+    scope, ratio, method, core ratio), one set per pruned modality;
+  * salts every item's hash (the key of the processor cache, the encoder cache and the
+    prefix-cache blocks) with the options (request kwargs, hashed by vLLM) and with the
+    text of the item's own scope (``scope.py``): two requests share an item's pruned
+    tokens exactly when media, scope text and options are identical, and a later chat
+    turn finds an earlier image under the same hash;
   * keeps every pruning key away from the HF processor (and its from_pretrained cache);
   * publishes one ``stats.PruneStats`` per real request with media.
 
@@ -18,21 +19,24 @@ items would have had unpruned).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import ProcessorInputs, PromptReplacement
 
-from zspa_vllm import config, stats
+from zspa_vllm import config, scope, stats
 from zspa_vllm.pruning import keep_count
 
 # The prefix is private: any key a client sends with it is dropped, so it can never
 # bypass validation.
 PRIVATE = "zspa_"
 # Request-level kwargs (processor -> hash -> per-item fields).
-PROMPT_IDS = "zspa_prompt_ids"  # long [M]: the prompt's text token ids
+SCOPE_IDS = "zspa_scope_ids"  # {modality: [long [M_i] per item]}: each item's scope text ids
+PROMPT_IDS = "zspa_prompt_ids"  # per-item field: long [M_i], the item's scope text ids
 RATIO = "zspa_ratio"  # float64: float64 keeps keep_count identical on both sides
 METHOD = "zspa_method"  # long: index into config.METHOD_NAMES
 CORE_RATIO = "zspa_core_ratio"  # float64
@@ -62,10 +66,14 @@ class PruningProcessorMixin:
 
     def _zspa_placeholder_ids(self) -> set[int]:
         """Token ids that stand for media in the templated prompt (never prompt text)."""
-        raise NotImplementedError
+        return set(self._zspa_item_tokens().values())
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         """Unpruned visual tokens of all pruned-modality items of this request."""
+        raise NotImplementedError
+
+    def _zspa_item_tokens(self) -> Mapping[str, int]:
+        """Modality -> the one token that stands for each item in the templated prompt."""
         raise NotImplementedError
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options) -> ProcessorInputs:
@@ -83,7 +91,7 @@ class PruningProcessorMixin:
         kwargs = strip_private(config.strip(request))
         if options.active:
             kwargs |= {
-                PROMPT_IDS: self._text_token_ids(inputs.prompt),
+                SCOPE_IDS: self._scope_ids(inputs, options.scope),
                 RATIO: options.ratio,
                 METHOD: config.METHOD_NAMES.index(options.method),
                 CORE_RATIO: options.core_ratio,
@@ -102,6 +110,57 @@ class PruningProcessorMixin:
             excluded |= set(getattr(tokenizer, "all_special_ids", ()))
             self._excluded_ids = excluded
         return torch.tensor([t for t in prompt if t not in excluded], dtype=torch.long)
+
+    def _generation_header(self) -> list[int] | None:
+        if not hasattr(self, "_zspa_header"):
+            hf_processor = self.info.get_hf_processor()
+            self._zspa_header = scope.generation_header(
+                self.info.get_tokenizer(), getattr(hf_processor, "chat_template", None)
+            )
+        return self._zspa_header
+
+    def _scope_ids(self, inputs: ProcessorInputs, rule: str) -> dict[str, list[torch.Tensor]]:
+        """Modality -> the scope text ids of each of its items (see ``scope.py``)."""
+        prompt = list(inputs.prompt)
+        header = self._generation_header() if rule == "turn" else None
+        out = {}
+        for modality, token in self._zspa_item_tokens().items():
+            items = inputs.mm_data_items.get(modality)
+            if items is None:
+                continue
+            positions = [i for i, t in enumerate(prompt) if t == token]
+            if len(positions) != len(items):  # not one placeholder per item: whole prompt
+                positions = [len(prompt)] * len(items)
+            ends = scope.scope_ends(prompt, positions, header)
+            by_end = {e: self._text_token_ids(prompt[:e]) for e in set(ends)}
+            out[modality] = [by_end[e] for e in ends]
+        return out
+
+    def _get_mm_hashes(self, inputs: ProcessorInputs):
+        request = inputs.hf_processor_mm_kwargs
+        scopes = request.get(SCOPE_IDS)
+        if scopes is None:
+            return super()._get_mm_hashes(inputs)
+        # vLLM hashes each item with the request's kwargs (the options); the scope text is
+        # per item, so it salts each item's hash on its own.
+        others = {k: v for k, v in request.items() if k != SCOPE_IDS}
+        hashes = super()._get_mm_hashes(replace(inputs, hf_processor_mm_kwargs=others))
+        return {
+            m: [_salted(h, scopes[m][i]) if m in scopes else h for i, h in enumerate(hs)]
+            for m, hs in hashes.items()
+        }
+
+    def _get_cache_missing_processor_kwargs(self, inputs: ProcessorInputs, mm_is_cached):
+        kwargs = super()._get_cache_missing_processor_kwargs(inputs, mm_is_cached)
+        scopes = kwargs.get(SCOPE_IDS)
+        if scopes is None:
+            return kwargs
+        # Only cache misses are processed (and get fields): keep their scopes, in order.
+        missing = {}
+        for m, ids in scopes.items():
+            hits = mm_is_cached.get(m, [False] * len(ids))
+            missing[m] = [s for s, hit in zip(ids, hits, strict=True) if not hit]
+        return {**kwargs, SCOPE_IDS: missing}
 
     def _publish(self, inputs: ProcessorInputs, options, result) -> None:
         placeholders = [
@@ -134,9 +193,12 @@ class PruningProcessorMixin:
             if rows is None:
                 continue
             n = len(rows)
-            # One row per item; every item of a request shares the request's values.
+            # One row per item: its own scope text ids (lengths may differ: a list), and
+            # the request's options.
             ids, *scalars = fields(modality)
-            processed[ids] = hf_processor_mm_kwargs[PROMPT_IDS].expand(n, -1).clone()
+            scopes = hf_processor_mm_kwargs[SCOPE_IDS][modality]
+            assert len(scopes) == n, f"{len(scopes)} {modality} scopes for {n} items"
+            processed[ids] = list(scopes)
             for name, key in zip(scalars, (RATIO, METHOD, CORE_RATIO), strict=True):
                 value = hf_processor_mm_kwargs[key]
                 processed[name] = torch.full((n, 1), value, dtype=_DTYPES[key])
@@ -157,6 +219,12 @@ class PruningProcessorMixin:
         if ratio is None:
             return updates
         return [_pruned(u, ratio) if u.modality in self.zspa_modalities else u for u in updates]
+
+
+def _salted(item_hash: str, scope_ids: torch.Tensor) -> str:
+    digest = hashlib.sha256(item_hash.encode())
+    digest.update(np.asarray(scope_ids, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def _pruned(update: PromptReplacement, ratio: float) -> PromptReplacement:

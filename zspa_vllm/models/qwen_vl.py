@@ -79,9 +79,9 @@ class _QwenPruningProcessor(PruningProcessorMixin):
     # no item data to read the grid from). Bounded: an entry is two small objects.
     _FULL_COUNTS_MAX = 1 << 16
 
-    def _zspa_placeholder_ids(self) -> set[int]:
+    def _zspa_item_tokens(self) -> dict[str, int]:
         hf = self.info.get_hf_config()
-        return {hf.image_token_id, hf.video_token_id}
+        return {"image": hf.image_token_id, "video": hf.video_token_id}
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         counts = self.__dict__.setdefault("_full_counts", OrderedDict())
