@@ -124,6 +124,8 @@ INVALID = {
     "core ratio 1.2": ({"prune_core_ratio": 1.2}, "prune_core_ratio"),
     "core ratio -0.1": ({"prune_core_ratio": -0.1}, "prune_core_ratio"),
     "misspelt field": ({"prune_rato": 0.5}, "prune_rato"),
+    "unknown scope": ({"prune_scope": "chat"}, "prune_scope"),
+    "scope number": ({"prune_scope": 1}, "prune_scope"),
     # vLLM's security default stays: per-request mm_processor_kwargs are refused.
     "mm_processor_kwargs": ({"mm_processor_kwargs": {"prune_ratio": 0.5}}, "mm_processor_kwargs"),
 }
@@ -349,3 +351,41 @@ def test_plain_vllm_serve_with_our_middleware_is_zspa_serve(plain_vllm_serve):
     )
     with pytest.raises(openai.BadRequestError, match="prune_method"):
         chat(server, 50, prune_method="fastest")
+
+
+def _prefix_hits(server) -> float:
+    return sum(
+        v for (name, _), v in server.metrics().items() if name == "vllm:prefix_cache_hits_total"
+    )
+
+
+@pytest.mark.parametrize("scope", ["turn", "prompt"])
+def test_a_pruned_chat_keeps_its_prefix_cache_across_turns(server, scope):
+    # A 3-turn chat through the openai client; the image is in turn 1 (a fresh seed: no
+    # other test has sent it). vLLM's own prefix-cache counter tells what each turn reused.
+    client, chat = (
+        server.client(),
+        messages("what is in this image?", 61 if scope == "turn" else 62),
+    )
+    hits, prompts = [], []
+    for question in ("and the sky?", "day or night?", None):
+        before = _prefix_hits(server)
+        reply = client.chat.completions.create(
+            model=server.model, messages=chat, max_tokens=3, temperature=0,
+            extra_body={"prune_ratio": 0.75, "prune_scope": scope},
+        )  # fmt: skip
+        hits.append(_prefix_hits(server) - before)
+        prompts.append(reply.usage.prompt_tokens)
+        assert reply.usage.model_extra["visual_tokens_after"] == 144
+        if question:
+            chat += [
+                {"role": "assistant", "content": reply.choices[0].message.content},
+                {"role": "user", "content": question},
+            ]
+    if scope == "turn":
+        # Every full block (128 tokens on vLLM's CPU backend) of the previous prompt is a hit.
+        assert hits[1] >= prompts[0] // 128 * 128 > 0
+        assert hits[2] >= prompts[1] // 128 * 128 > 0
+    else:
+        # Today's rule: each turn re-selects the image, nothing from it on is reused.
+        assert hits[1] == hits[2] == 0
