@@ -124,3 +124,27 @@ def test_gpu_ttft_reports_each_backend_against_the_amdahl_limit(tmp_path):
         assert r["amdahl_limit"] == pytest.approx((vision + full) / (vision + pruned))
         assert r["speedup"] == pytest.approx((vision + full) / (vision + pruned + sel))
         assert r["pct_of_limit"] == pytest.approx(100 * r["speedup"] / r["amdahl_limit"])
+
+
+def test_multiturn_bench_reports_each_turn_for_each_config(tmp_path):
+    out = tmp_path / "results" / "multiturn"
+    run_script(
+        "benchmarks/multiturn_bench.py", "--launch",
+        "--ratios", "0", "0.75", "--prompt-scope-ratio", "0.75",
+        "--turns", "2", "--conversations", "2", "--rounds", "1", "--output-len", "2",
+        "--out", str(out),
+        env={"ZSPA_BENCH_DIR": str(tmp_path / "work")},
+    )  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    configs = result["configs"]
+    assert list(configs) == ["stock vLLM", "zspa r=0", "zspa r=0.75", "zspa r=0.75 scope=prompt"]
+    for rows in configs.values():
+        assert [r["turn"] for r in rows] == [1, 2]
+    tokens = {name: [r["prompt_tokens"] for r in rows] for name, rows in configs.items()}
+    assert tokens["stock vLLM"] == tokens["zspa r=0"]
+    assert tokens["stock vLLM"][0] - tokens["zspa r=0.75"][0] == 576 - keep_count(576, 0.75)
+    hit = {name: rows[1]["prefix_hit_rate"]["median"] for name, rows in configs.items()}
+    # Turn 2 reuses turn 1 from the prefix cache, pruned or not, but not under the old rule.
+    assert hit["zspa r=0.75"] > 0.5 and hit["stock vLLM"] > 0.5
+    assert hit["zspa r=0.75 scope=prompt"] < 0.1
+    assert "| zspa r=0.75 scope=prompt |" in out.with_suffix(".md").read_text()

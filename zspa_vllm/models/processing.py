@@ -178,14 +178,15 @@ class PruningProcessorMixin:
             )
         )
 
-    def _call_hf_processor(self, hf_data, hf_kwargs):
-        # Our keys must never reach the HF processor call or its from_pretrained cache.
-        return super()._call_hf_processor(hf_data, strip_private(hf_kwargs))
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        # Our keys must never reach an HF processor call or vLLM's get_hf_processor cache
+        # (keyed on the kwargs: every distinct value would build a processor; a list is
+        # unhashable). Some families (Qwen3-VL) call get_hf_processor(**kwargs) inside this
+        # method, so strip here, then add the per-item fields from the full kwargs.
+        processed = super()._apply_hf_processor_main(mm_items, strip_private(hf_kwargs))
+        return self._add_fields(hf_kwargs, processed)
 
-    def _postprocess_hf_mm_data(self, mm_inputs, hf_processor_mm_kwargs, processed_data):
-        processed = super()._postprocess_hf_mm_data(
-            mm_inputs, hf_processor_mm_kwargs, processed_data
-        )
+    def _add_fields(self, hf_processor_mm_kwargs, processed):
         if RATIO not in hf_processor_mm_kwargs:
             return processed
         for modality, keys in self.zspa_modalities.items():
