@@ -141,7 +141,9 @@ def test_multiturn_bench_reports_each_turn_for_each_config(tmp_path):
     for rows in configs.values():
         assert [r["turn"] for r in rows] == [1, 2]
     tokens = {name: [r["prompt_tokens"] for r in rows] for name, rows in configs.items()}
-    assert tokens["stock vLLM"] == tokens["zspa r=0"]
+    # Turn 1 is the same prompt everywhere but for the pruned image (later turns carry each
+    # conversation's own replies, whose lengths vary).
+    assert tokens["stock vLLM"][0] == tokens["zspa r=0"][0]
     assert tokens["stock vLLM"][0] - tokens["zspa r=0.75"][0] == 576 - keep_count(576, 0.75)
     hit = {name: rows[1]["prefix_hit_rate"]["median"] for name, rows in configs.items()}
     # Turn 2 reuses turn 1 from the prefix cache, pruned or not, but not under the old rule.
