@@ -48,4 +48,18 @@ def pad_rows(visuals: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def lengths_mask(lengths: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(width, device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
+    return torch.arange(width, device=device) < to_device(lengths, torch.long, device).unsqueeze(1)
+
+
+def to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a tensor on ``device``, without a host sync on CUDA.
+
+    A copy from pageable memory synchronizes the stream first (CUDA's documented
+    behaviour), so it would wait for everything queued, e.g. the vision tower; a pinned
+    buffer copied with ``non_blocking`` does not (torch's pinned-memory cache keeps the
+    buffer alive until the copy is done).
+    """
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 import torch
 
 from zspa_vllm import greedy_kernel
-from zspa_vllm._rows import BLOCK_ELEMS, core_size, inv_norms, lengths_mask, pad_rows
+from zspa_vllm._rows import (
+    BLOCK_ELEMS,
+    core_size,
+    inv_norms,
+    lengths_mask,
+    pad_rows,
+    to_device,
+)
 
 
 def cosine_gram(rows: torch.Tensor, inv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -42,12 +49,12 @@ def mark_scatter(valid: torch.Tensor, idx: torch.Tensor, idx_valid: torch.Tensor
 
 def prompt_vectors(prompts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """``[B, D]`` mean of each prompt's rows, in a fixed number of launches."""
-    lengths = torch.tensor([p.shape[0] for p in prompts])
+    lengths = [p.shape[0] for p in prompts]
     device = prompts[0].device
-    seg = torch.repeat_interleave(torch.arange(len(prompts)), lengths).to(device)
+    seg = to_device([b for b, m in enumerate(lengths) for _ in range(m)], torch.long, device)
     flat = torch.cat(list(prompts)).to(dtype)
     sums = flat.new_zeros((len(prompts), flat.shape[1])).index_add_(0, seg, flat)
-    return sums / lengths.to(device=device, dtype=dtype).unsqueeze(1)
+    return sums / to_device(lengths, dtype, device).unsqueeze(1)
 
 
 def max_gram_over(g: torch.Tensor, cols: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:

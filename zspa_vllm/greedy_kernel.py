@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from zspa_vllm._rows import to_device
+
 __all__ = ["MAX_BLOCK_N", "available", "greedy_fill", "warmup"]
 
 MAX_BLOCK_N = 16384
@@ -116,7 +118,7 @@ def greedy_fill(gram: torch.Tensor, score: torch.Tensor, steps: Sequence[int]) -
         return picks
     block_n = _block_n(n)
     _kernel()[(b,)](
-        gram, score, torch.tensor(steps, dtype=torch.int32).to(gram.device), picks, n, steps_max,
+        gram, score, to_device(steps, torch.int32, gram.device), picks, n, steps_max,
         gram.stride(0), gram.stride(1), score.stride(0),
         BLOCK_N=block_n, num_warps=_num_warps(block_n),
     )  # fmt: skip
