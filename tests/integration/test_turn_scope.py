@@ -73,3 +73,20 @@ def test_cached_turns_answer_as_a_cold_engine_would(llm):
         )  # fmt: skip
         assert cold.num_cached_tokens == 0
         assert signature(cold) == signature(warm_a[turn])
+
+
+def test_qwen_chat_keeps_its_prefix_cache_and_answers_as_cold(qwen):
+    # The Qwen template (<|im_start|>assistant header) and M-RoPE positions: turn 2 reuses
+    # turn 1 from the prefix cache and answers exactly as on an empty cache.
+    _, _, engine = qwen
+    engine.reset_prefix_cache()
+    # 448 x 448 = 256 visual tokens; at 0.5 the first prompt fills at least one 128-token block.
+    outs, messages = conversation(engine, image(43, size=448), QUESTIONS[:2], prune_ratio=0.5)
+    first, second = outs
+    assert second.prompt_token_ids[: len(first.prompt_token_ids)] == first.prompt_token_ids
+    assert second.num_cached_tokens >= block_floor(engine, len(first.prompt_token_ids)) > 0
+    engine.reset_prefix_cache()
+    (cold,) = engine.chat(
+        messages[:3], greedy(4), mm_processor_kwargs={"prune_ratio": 0.5}, use_tqdm=False
+    )
+    assert cold.num_cached_tokens == 0 and signature(cold) == signature(second)
