@@ -69,6 +69,13 @@ def make_parser():
         "earlier turns of a chat in the prefix cache; prompt: all text of the prompt).",
     )
     group.add_argument(
+        "--allow-private-media-urls",
+        action="store_true",
+        help="Fetch media URLs that resolve to loopback, private, link-local or other "
+        "non-public addresses (refused by default: server-side request forgery). "
+        "--allowed-media-domains hosts are always allowed.",
+    )
+    group.add_argument(
         "--max-request-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,

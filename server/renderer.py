@@ -25,7 +25,7 @@ import aiohttp
 from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
-from server import metrics, options, usage
+from server import media_policy, metrics, options, usage
 from zspa_vllm import config, envs, plugin, stats
 
 _INSTALLED = "_zspa_installed"
@@ -41,6 +41,15 @@ def install(state: Any) -> None:
         return
     if not _listening:
         stats.add_listener(_inbox.put)
+        from vllm.connections import global_http_connection
+
+        # Media URLs: refuse non-public addresses unless the operator opened them.
+        args = state.args
+        policy = media_policy.MediaPolicy(
+            getattr(args, "allowed_media_domains", None) or (),
+            getattr(args, "allow_private_media_urls", False),
+        )
+        media_policy.install(global_http_connection, policy)
         _listening = True
     operator_trust = bool(state.args.trust_request_mm_kwargs)
     refusal = _pruning_refusal(state)
