@@ -55,6 +55,9 @@ def install(state: Any) -> None:
     refusal = _pruning_refusal(state)
     model_name = metrics.model_name(state.args)
     chat, cmpl = renderer.preprocess_chat, renderer.preprocess_cmpl
+    vllm_config = getattr(state, "vllm_config", None)
+    max_model_len = vllm_config.model_config.max_model_len if vllm_config else None
+    cache = getattr(getattr(renderer, "renderer", None), "mm_processor_cache", None)
 
     @functools.wraps(chat)
     async def preprocess_chat(request, *args, **kwargs):
@@ -62,6 +65,7 @@ def install(state: Any) -> None:
         with _media_errors_are_client_errors():
             conversation, engine_inputs = await chat(request, *args, **kwargs)
         _account(engine_inputs, model_name)
+        _forget_unsendable(engine_inputs, max_model_len, cache)
         return conversation, engine_inputs
 
     @functools.wraps(cmpl)
@@ -70,6 +74,7 @@ def install(state: Any) -> None:
         with _media_errors_are_client_errors():
             engine_inputs = await cmpl(request, *args, **kwargs)
         _account(engine_inputs, model_name)
+        _forget_unsendable(engine_inputs, max_model_len, cache)
         return engine_inputs
 
     renderer.preprocess_chat = preprocess_chat
@@ -134,3 +139,25 @@ def _account(engine_inputs, model_name: str) -> None:
         if ids is not None and (s := _inbox.claim(ids)) is not None:
             target.add(s)
             metrics.record(model_name, s)
+
+
+def _forget_unsendable(engine_inputs, max_model_len: int | None, cache) -> None:
+    """Unmark the media of prompts vLLM will refuse after rendering.
+
+    vLLM's processor cache in this process records an item as held by the engine as soon as
+    the item is processed, and later requests with the same item then send only its hash.
+    A prompt longer than the context is refused after rendering (HTTP 400), so its items
+    never reach the engine, and the next request with the same image got a 500 ("P0/P1
+    cache drift") in stock vLLM. Dropping those records makes that request send the data.
+    Dropping a record the engine does hold only costs one resend.
+    """
+    if cache is None or max_model_len is None:
+        return
+    for engine_input in engine_inputs:
+        if not isinstance(engine_input, dict):
+            continue
+        if len(engine_input.get("prompt_token_ids") or ()) <= max_model_len:
+            continue
+        for hashes in (engine_input.get("mm_hashes") or {}).values():
+            for mm_hash in hashes:
+                cache.invalidate(mm_hash)

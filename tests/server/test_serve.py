@@ -389,3 +389,44 @@ def test_a_pruned_chat_keeps_its_prefix_cache_across_turns(server, scope):
     else:
         # Today's rule: each turn re-selects the image, nothing from it on is reused.
         assert hits[1] == hits[2] == 0
+
+
+def _question_overflowing_by(server, extra_tokens: int) -> str:
+    """A question whose chat prompt fits the 2048-token context as text (one placeholder per
+    image) but exceeds it by about ``extra_tokens`` once the image's tokens are placed."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(server.model)
+
+    def text_tokens(words: int) -> int:
+        chat = messages(" ".join(["picture"] * words), 1)
+        chat[0]["content"][0] = {"type": "image"}
+        rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return len(tok(rendered).input_ids)
+
+    words = 1
+    while text_tokens(words) < 2048 - extra_tokens:
+        words += max(1, (2048 - extra_tokens - text_tokens(words)) // 2)
+    return " ".join(["picture"] * words)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.75])
+def test_a_request_after_an_over_context_one_with_the_same_image_is_served(server, ratio):
+    # vLLM marks an image as sent to the engine when it processes it; a request rejected
+    # after processing (its text fits, text + image tokens do not) never sends it, and stock
+    # vLLM then answered the next request with that image with a 500 ("P0/P1 cache drift").
+    seed = 81 if ratio else 82
+    client = server.client()
+    long_question = _question_overflowing_by(server, keep_count(N, ratio) - 20)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=server.model, messages=messages(long_question, seed), max_tokens=2,
+            extra_body={"prune_ratio": ratio},
+        )  # fmt: skip
+    assert "maximum context length" in err.value.message, err.value.message
+    for _ in range(2):
+        reply = client.chat.completions.create(
+            model=server.model, messages=messages("hi", seed), max_tokens=2,
+            extra_body={"prune_ratio": ratio},
+        )  # fmt: skip
+        assert reply.usage.model_extra["visual_tokens_after"] == keep_count(N, ratio)
