@@ -6,6 +6,13 @@ response, or each ``data:`` event of a stream (the final usage chunk with
 ``stream_options.include_usage``, and every chunk with ``continuous_usage_stats``).
 Only 200 responses of the chat and completions routes are touched; errors pass as is.
 
+It also hides one failure vLLM hands to clients: when the engine no longer holds an image
+the API process believes it holds ("P0/P1 cache drift": the two caches evict in different
+orders), vLLM drops the stale entries and answers that request with a retryable 500. Such a
+request is replayed here once (its body is kept), so the client gets its answer; the replay
+sends the image data again. Only a 500 (or a stream whose first event is an error) during
+which the processor cache dropped entries is replayed; other errors pass as they are.
+
 Registered through vLLM's own ``--middleware`` option, so every API-server process
 (``--api-server-count > 1``) builds it into its app.
 """
@@ -34,12 +41,94 @@ class PruningUsageMiddleware:
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in USAGE_ROUTES:
             await self.app(scope, receive, send)
             return
-        holder = usage.RequestUsage()
-        token = usage.current.set(holder)
-        try:
-            await self.app(scope, receive, _UsageRewriter(send, holder))
-        finally:
-            usage.current.reset(token)
+        body = await _read_body(receive)
+        for attempt in range(ATTEMPTS):
+            holder = usage.RequestUsage()
+            token = usage.current.set(holder)
+            gate = _RetryGate(send, final=attempt == ATTEMPTS - 1)
+            try:
+                await self.app(scope, _replay(body, receive), _UsageRewriter(gate, holder))
+            finally:
+                usage.current.reset(token)
+            if not gate.retry:
+                return
+
+
+# One replay: drift drops every stale entry of the request, so the second try sends all data.
+ATTEMPTS = 2
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left before sending it all
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The kept body first; after that the real channel (vLLM watches it for disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class _RetryGate:
+    """A ``send`` that holds a response back until it is known not to be a drift failure.
+
+    A 500, or a stream whose first event is an error, while the processor cache dropped
+    entries (``renderer.invalidations()`` moved) sets ``retry`` and is swallowed; anything
+    else is passed on unchanged. The last attempt passes everything.
+    """
+
+    def __init__(self, send: Send, final: bool) -> None:
+        self._send, self._final = send, final
+        self._before = renderer.invalidations()
+        self._held: list[Message] = []
+        self._decided = final
+        self.retry = False
+
+    def _drifted(self) -> bool:
+        return renderer.invalidations() != self._before
+
+    async def __call__(self, message: Message) -> None:
+        if self.retry:
+            return
+        if self._decided:
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            if message["status"] == 500 and self._drifted():
+                self.retry = True
+                return
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            if message["status"] == 200 and content_type.startswith(b"text/event-stream"):
+                self._held.append(message)  # decide on the first event
+                return
+            await self._flush(message)
+            return
+        first_event = message["type"] == "http.response.body" and self._held
+        if first_event and b'"error"' in message.get("body", b"") and self._drifted():
+            self.retry = True
+            return
+        await self._flush(message)
+
+    async def _flush(self, message: Message) -> None:
+        self._decided = True
+        for held in self._held:
+            await self._send(held)
+        self._held = []
+        await self._send(message)
 
 
 class _UsageRewriter:

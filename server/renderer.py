@@ -58,6 +58,7 @@ def install(state: Any) -> None:
     vllm_config = getattr(state, "vllm_config", None)
     max_model_len = vllm_config.model_config.max_model_len if vllm_config else None
     cache = getattr(getattr(renderer, "renderer", None), "mm_processor_cache", None)
+    _count_invalidations(cache)
 
     @functools.wraps(chat)
     async def preprocess_chat(request, *args, **kwargs):
@@ -161,3 +162,27 @@ def _forget_unsendable(engine_inputs, max_model_len: int | None, cache) -> None:
         for hashes in (engine_input.get("mm_hashes") or {}).values():
             for mm_hash in hashes:
                 cache.invalidate(mm_hash)
+
+
+_invalidations = 0
+
+
+def invalidations() -> int:
+    """How many processor-cache entries this process has dropped so far. vLLM drops them
+    when the engine reports P0/P1 cache drift (and answers that request with a retryable
+    500); the middleware retries a request that failed while this count moved."""
+    return _invalidations
+
+
+def _count_invalidations(cache) -> None:
+    if cache is None or getattr(cache, "_zspa_counted", False):
+        return
+    original = cache.invalidate
+
+    def invalidate(mm_hash: str) -> None:
+        global _invalidations
+        _invalidations += 1
+        original(mm_hash)
+
+    cache.invalidate = invalidate  # the instance attribute wins over the method
+    cache._zspa_counted = True

@@ -150,3 +150,22 @@ def test_multiturn_bench_reports_each_turn_for_each_config(tmp_path):
     assert hit["zspa r=0.75"] > 0.5 and hit["stock vLLM"] > 0.5
     assert hit["zspa r=0.75 scope=prompt"] < 0.1
     assert "| zspa r=0.75 scope=prompt |" in out.with_suffix(".md").read_text()
+
+
+def test_short_soak_has_no_errors_and_frees_every_request(tmp_path):
+    # A few hundred mixed requests (ratios, methods, streams, clients that disconnect
+    # mid-stream, repeated and new images); afterwards vLLM's own gauges must show nothing
+    # running or waiting and an empty KV cache: disconnected streams were aborted.
+    out = tmp_path / "soak"
+    run_script(
+        "benchmarks/soak.py", "--launch", "--requests", "300", "--concurrency", "8",
+        "--out", str(out),
+        env={"ZSPA_BENCH_DIR": str(tmp_path / "work")},
+    )  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    s = result["summary"]
+    assert s["errors"] == 0, s["error_examples"]
+    assert s["requests"] == 300 and s["completed"] + s["disconnected"] == 300
+    assert s["disconnected"] > 0 and s["completed"] > 200
+    assert (s["running_after"], s["waiting_after"], s["kv_usage_after"]) == (0, 0, 0)
+    assert len(result["rss_mib"]) >= 3 and s["rss_max_mib"] >= s["rss_start_mib"] > 0
