@@ -51,10 +51,15 @@ def prompt_vectors(prompts: Sequence[torch.Tensor], dtype: torch.dtype) -> torch
     """``[B, D]`` mean of each prompt's rows, in a fixed number of launches."""
     lengths = [p.shape[0] for p in prompts]
     device = prompts[0].device
-    seg = to_device([b for b, m in enumerate(lengths) for _ in range(m)], torch.long, device)
+    # Segment id of every prompt row, built on the device; ``output_size`` spares the sync
+    # repeat_interleave would need to size its output (and a Python list of every row).
+    counts = to_device(lengths, torch.long, device)
+    seg = torch.repeat_interleave(
+        torch.arange(len(prompts), device=device), counts, output_size=sum(lengths)
+    )
     flat = torch.cat(list(prompts)).to(dtype)
     sums = flat.new_zeros((len(prompts), flat.shape[1])).index_add_(0, seg, flat)
-    return sums / to_device(lengths, dtype, device).unsqueeze(1)
+    return sums / counts.to(dtype).unsqueeze(1)
 
 
 def max_gram_over(g: torch.Tensor, cols: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
