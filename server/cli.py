@@ -26,6 +26,7 @@ MIDDLEWARE = (
     "server.middleware.PruningUsageMiddleware",
     "server.security.ApiKeyMiddleware",
     "server.security.BodySizeLimitMiddleware",
+    "server.errors.OpenAIErrorMiddleware",
 )
 
 

@@ -24,7 +24,7 @@ import json
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import renderer, usage
+from server import openapi, renderer, usage
 
 USAGE_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
@@ -37,6 +37,7 @@ class PruningUsageMiddleware:
         if scope["type"] in ("lifespan", "http") and "app" in scope:
             # init_app_state has run before the server starts: the renderer exists.
             renderer.install(scope["app"].state)
+            openapi.install(scope["app"])
         path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in USAGE_ROUTES:
             await self.app(scope, receive, send)

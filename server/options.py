@@ -31,10 +31,30 @@ class PruneFields(BaseModel):
     # strict: "0.5" (a string) or true is a type error, not coerced; ints are numbers.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    prune_ratio: float = Field(default=None, ge=0.0, lt=1.0)  # type: ignore[assignment]
-    prune_method: Literal[config.METHOD_NAMES] = None  # type: ignore[valid-type]
-    prune_core_ratio: float = Field(default=None, ge=0.0, le=1.0)  # type: ignore[assignment]
-    prune_scope: Literal[config.SCOPES] = None  # type: ignore[valid-type]
+    # The descriptions are also what /openapi.json shows for these fields (server/openapi.py).
+    prune_ratio: float = Field(  # type: ignore[assignment]
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="zspa-vllm: share of each image's visual tokens to drop before prefill "
+        "(0: no pruning). Omitted: the server's --prune-ratio.",
+    )
+    prune_method: Literal[config.METHOD_NAMES] = Field(  # type: ignore[valid-type]
+        default=None,
+        description="zspa-vllm: the token selector. Omitted: the server's --prune-method.",
+    )
+    prune_core_ratio: float = Field(  # type: ignore[assignment]
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="zspa-vllm: share of the kept tokens chosen by relevance to the prompt "
+        "(zspa only; the rest by diversity). Omitted: the server's --prune-core-ratio.",
+    )
+    prune_scope: Literal[config.SCOPES] = Field(  # type: ignore[valid-type]
+        default=None,
+        description="zspa-vllm: the prompt text that selects an image's tokens (turn: up to "
+        "the image's own turn, keeping earlier turns in the prefix cache; prompt: all of it).",
+    )
 
 
 class PruneFieldError(ValueError):

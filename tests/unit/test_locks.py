@@ -82,6 +82,25 @@ def test_dev_venv_is_exactly_lock_cpu_plus_lock_tools():
     assert_matches(installed(sys.executable), lock)
 
 
+def test_console_scripts_run_the_venvs_own_python():
+    """pip writes the interpreter it ran under into each script's #! line; the shared venv
+    outlives the clone that installed it (a CI clone once left /check/... in every tool)."""
+    bindir = Path(sys.prefix) / "bin"
+    real = bindir.resolve()
+    stale = []
+    for script in sorted(bindir.iterdir()):
+        if not script.is_file():
+            continue
+        with script.open("rb") as f:
+            first = f.readline()
+        if not first.startswith(b"#!") or b"python" not in first:
+            continue
+        interpreter = Path(first[2:].decode().split()[0])
+        if interpreter.parent.resolve() != real or not interpreter.exists():
+            stale.append(f"{script.name}: {interpreter}")
+    assert not stale, f"console scripts of another python: {stale}"
+
+
 def test_pins_catches_a_floating_package(tmp_path):
     # The comparison must be able to fail: a venv with an extra or a moved package.
     lock = {"filelock": "4.2.11", "torch": "2.13.0"}
