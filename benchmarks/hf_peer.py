@@ -5,8 +5,8 @@ at a time, as the paper's evaluation code runs it.
 
 Per request: HF processor -> vision tower + projector -> ZSPAPrune on the visual tokens
 (the same selector zspa-serve uses) -> ``inputs_embeds`` with the kept tokens ->
-``generate`` (greedy, fixed output length). serve_bench.py runs it next to the servers
-and reports the latency and throughput ratios against zspa-serve.
+``generate`` (greedy, fixed output length). serve_bench.py runs it in rounds alternating
+with zspa-serve at concurrency 1 and reports the ratios with their spread across rounds.
 """
 
 from __future__ import annotations
@@ -31,19 +31,28 @@ def _image(seed: int, size: int = 336) -> Image.Image:
     return Image.fromarray(small).resize((size, size), Image.BICUBIC)
 
 
-def run(model_dir: str, ratio: float, requests: int, output_len: int) -> dict:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+class Peer:
+    """The model loaded once; ``measure`` times a batch of single requests."""
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    cfg = model.config
-    table = model.get_input_embeddings()
-    tok = processor.tokenizer
-    excluded = {cfg.image_token_index, *tok.all_special_ids}
+    def __init__(self, model_dir: str) -> None:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    def one(seed: int) -> tuple[float, float]:
+        self.model = LlavaForConditionalGeneration.from_pretrained(
+            model_dir, dtype=torch.float32
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        tok = self.processor.tokenizer
+        self.excluded = {self.model.config.image_token_index, *tok.all_special_ids}
+        self._seed = 10_000
+        self.one(0.5, 4)  # warm-up
+
+    def one(self, ratio: float, output_len: int) -> tuple[float, float]:
+        """(TTFT, latency) in seconds of one request on a new image."""
+        model, cfg = self.model, self.model.config
+        table = model.get_input_embeddings()
+        self._seed += 1
         start = time.perf_counter()
-        inputs = processor(images=_image(seed), text=PROMPT, return_tensors="pt")
+        inputs = self.processor(images=_image(self._seed), text=PROMPT, return_tensors="pt")
         ids = inputs["input_ids"][0]
         with torch.no_grad():
             feats = model.get_image_features(
@@ -55,7 +64,7 @@ def run(model_dir: str, ratio: float, requests: int, output_len: int) -> dict:
             feats = (feats[0] if isinstance(feats, (list, tuple)) else feats).reshape(
                 -1, table.embedding_dim
             )
-            text = torch.tensor([t for t in ids.tolist() if t not in excluded])
+            text = torch.tensor([t for t in ids.tolist() if t not in self.excluded])
             keep = keep_count(feats.shape[0], ratio)
             kept = feats[zspa_select(feats, table(text), keep)]
             # The prompt with `keep` image tokens instead of N, filled with the kept rows.
@@ -83,19 +92,23 @@ def run(model_dir: str, ratio: float, requests: int, output_len: int) -> dict:
         end = time.perf_counter()
         return prefill_done[0] - start, end - start
 
-    one(10_000)  # warm-up
-    runs = [one(10_001 + i) for i in range(requests)]
-    ttft = [r[0] for r in runs]
-    latency = [r[1] for r in runs]
-    return {
-        "ratio": ratio,
-        "requests": requests,
-        "output_len": output_len,
-        "ttft_p50_s": statistics.median(ttft),
-        "e2e_p50_s": statistics.median(latency),
-        "req_per_s": requests / sum(latency),
-        "output_tok_per_s": requests * output_len / sum(latency),
-    }
+    def measure(self, ratio: float, requests: int, output_len: int) -> dict:
+        runs = [self.one(ratio, output_len) for _ in range(requests)]
+        ttft = [r[0] for r in runs]
+        latency = [r[1] for r in runs]
+        return {
+            "ratio": ratio,
+            "requests": requests,
+            "output_len": output_len,
+            "ttft_p50_s": statistics.median(ttft),
+            "e2e_p50_s": statistics.median(latency),
+            "req_per_s": requests / sum(latency),
+            "output_tok_per_s": requests * output_len / sum(latency),
+        }
+
+
+def run(model_dir: str, ratio: float, requests: int, output_len: int) -> dict:
+    return Peer(model_dir).measure(ratio, requests, output_len)
 
 
 def main() -> None:

@@ -223,21 +223,69 @@ def amdahl(
     return [{"unprunable_s": fixed, "unpruned_ttft_s": full_ttft, "prompt_tokens": full_len}, *rows]
 
 
-def hf_peer_comparison(args: argparse.Namespace, cells: dict) -> dict:
-    """HF generate with the same pruning, one request at a time, against zspa-serve."""
+def hf_peer_comparison(args: argparse.Namespace, cells: dict, images: Images) -> dict:
+    """HF generate with the same pruning, one request at a time, against zspa-serve at
+    concurrency 1, in alternating rounds (each round: the same number of requests on each)."""
     import hf_peer
 
-    peer = hf_peer.run(args.hf_peer, args.hf_peer_ratio, 8, args.output_len)
-    name = f"zspa r={args.hf_peer_ratio:g}"
-    single = cells[(name, 1)]
-    best = max(cells[(name, c)]["req_per_s"] for c in args.concurrency)
+    peer = hf_peer.Peer(args.hf_peer)
+    ratio, n = args.hf_peer_ratio, args.hf_peer_requests
+    cfg = Config(f"zspa r={ratio:g}", "zspa", ratio)
+    best = max(cells[(cfg.name, c)]["req_per_s"] for c in args.concurrency)
+    rounds = []
+    for rnd in range(args.hf_peer_rounds):
+        order = ("zspa", "hf") if rnd % 2 == 0 else ("hf", "zspa")
+        got = {}
+        for who in order:
+            if who == "hf":
+                got[who] = peer.measure(ratio, n, args.output_len)
+            else:
+                cell = run_cell(args.zspa_url, args.model, cfg, 1, n, images, args.output_len, None)
+                got[who] = asyncio.run(cell)
+        hf, zs = got["hf"], got["zspa"]
+        rounds.append(
+            {
+                "hf": hf,
+                "zspa_serve_c1": zs,
+                "latency_ratio_hf_over_zspa": hf["e2e_p50_s"] / zs["e2e_p50_s"],
+                "ttft_ratio_hf_over_zspa": hf["ttft_p50_s"] / zs["ttft_p50_s"],
+                "throughput_ratio_zspa_c1_over_hf": zs["req_per_s"] / hf["req_per_s"],
+                "throughput_ratio_zspa_best_over_hf": best / hf["req_per_s"],
+            }
+        )
+    keys = [k for k in rounds[0] if k.endswith("_over_hf") or k.endswith("_over_zspa")]
     return {
-        "hf": peer,
-        "zspa_serve_c1": single,
-        "latency_ratio_hf_over_zspa": peer["e2e_p50_s"] / single["e2e_p50_s"],
-        "ttft_ratio_hf_over_zspa": peer["ttft_p50_s"] / single["ttft_p50_s"],
-        "throughput_ratio_zspa_best_over_hf": best / peer["req_per_s"],
+        "ratio": ratio,
+        "requests_per_round": n,
+        "zspa_best_req_per_s": best,
+        "rounds": rounds,
+        "summary": {k: spread([r[k] for r in rounds]) for k in keys},
     }
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(s: dict, digits: int = 2, suffix: str = "") -> str:
+    """``median [min, max]``: the median over rounds and the range across them."""
+    return f"{s['median']:.{digits}f}{suffix} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+def per_round(result: dict, key: str, metric: str) -> list[float]:
+    return [r[metric] for r in result["rounds"][key]]
+
+
+def vs_stock(result: dict, cfg: str, c: int, metric: str = "req_per_s") -> dict:
+    """Round-by-round ratio to stock (rounds alternate, so round i of each shares conditions)."""
+    mine = per_round(result, f"{cfg}@{c}", metric)
+    stock = per_round(result, f"stock vLLM@{c}", metric)
+    return spread([a / b for a, b in zip(mine, stock, strict=True)])
+
+
+def claim(s: dict) -> str:
+    """A ratio whose range across rounds includes 1 is no claimed difference: marked ~."""
+    return ("~" if s["min"] <= 1.0 <= s["max"] else "") + fmt(s, 2, "x")
 
 
 def median_over_rounds(samples: list[dict]) -> dict:
@@ -296,6 +344,7 @@ def launch(model_dir: Path, log_dir: Path) -> tuple[list[subprocess.Popen], str,
 
 
 def markdown(result: dict) -> str:
+    rounds = result["args"]["rounds"]
     lines = [
         f"# Serving benchmark ({result['env']['device']})",
         "",
@@ -304,53 +353,84 @@ def markdown(result: dict) -> str:
         + (f" ({launched} CPU benchmark model)" if (launched := result["args"]["launch"]) else "")
         + "; "
         f"{result['args']['output_len']} output tokens per request, "
-        f"{result['args']['rounds']} alternating rounds (medians).",
+        f"{rounds} alternating rounds. Each value: median over rounds [min, max across rounds]; "
+        "ratios to stock are taken round by round. A ratio marked ~ has a range that includes "
+        "1.00x: no difference is claimed there.",
         "",
-        "| concurrency | config | prompt tokens | TTFT p50 (s) | TTFT p99 (s) | e2e p50 (s) "
-        "| e2e p99 (s) | output tok/s | req/s | req/s vs stock |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| concurrency | stock vLLM req/s | "
+        + " | ".join(c for c in result["configs"] if c != "stock vLLM")
+        + " |",
+        "|---" * len(result["configs"]) + "|---|",
     ]
     for c in result["args"]["concurrency"]:
-        stock = result["cells"][f"stock vLLM@{c}"]["req_per_s"]
+        stock = spread(per_round(result, f"stock vLLM@{c}", "req_per_s"))
+        row = [str(c), fmt(stock)]
+        row += [claim(vs_stock(result, cfg, c)) for cfg in result["configs"] if cfg != "stock vLLM"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| concurrency | config | prompt tokens | TTFT p50 (s) | TTFT p99 (s) | e2e p50 (s) "
+        "| e2e p99 (s) | output tok/s | req/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["args"]["concurrency"]:
         for cfg in result["configs"]:
-            m = result["cells"][f"{cfg}@{c}"]
+            key = f"{cfg}@{c}"
+            m = result["cells"][key]
+            col = {k: spread(per_round(result, key, k)) for k in m}
             lines.append(
-                f"| {c} | {cfg} | {m['prompt_tokens']:.0f} | {m['ttft_p50_s']:.3f} "
-                f"| {m['ttft_p99_s']:.3f} | {m['e2e_p50_s']:.3f} | {m['e2e_p99_s']:.3f} "
-                f"| {m['output_tok_per_s']:.1f} | {m['req_per_s']:.2f} "
-                f"| {m['req_per_s'] / stock:.3f} |"
+                f"| {c} | {cfg} | {m['prompt_tokens']:.0f} | {fmt(col['ttft_p50_s'], 3)} "
+                f"| {fmt(col['ttft_p99_s'], 3)} | {fmt(col['e2e_p50_s'], 3)} "
+                f"| {fmt(col['e2e_p99_s'], 3)} | {fmt(col['output_tok_per_s'], 1)} "
+                f"| {fmt(col['req_per_s'])} |"
             )
     fixed, *rows = result["amdahl"]
     lines += [
         "",
         "TTFT speedup at concurrency 1 against the Amdahl limit (unprunable part "
-        f"{fixed['unprunable_s'] * 1000:.1f} ms of {fixed['unpruned_ttft_s'] * 1000:.1f} ms):",
+        f"{fixed['unprunable_s'] * 1000:.1f} ms of {fixed['unpruned_ttft_s'] * 1000:.1f} ms; the "
+        "limit from medians, the speedup also round by round):",
         "",
-        "| ratio | prompt tokens | TTFT speedup | Amdahl limit | share of limit |",
-        "|---|---|---|---|---|",
+        "| ratio | prompt tokens | TTFT speedup (median of rounds) | round by round | "
+        "Amdahl limit | share of limit |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r['ratio']:g} | {r['prompt_tokens']} | {r['ttft_speedup']:.2f}x "
-        f"| {r['amdahl_limit']:.2f}x | {r['share_of_limit']:.0%} |"
-        for r in rows
-    ]
+    for r in rows:
+        stock_ttft = per_round(result, "stock vLLM@1", "ttft_p50_s")
+        mine = per_round(result, f"zspa r={r['ratio']:g}@1", "ttft_p50_s")
+        by_round = spread([a / b for a, b in zip(stock_ttft, mine, strict=True)])
+        lines.append(
+            f"| {r['ratio']:g} | {r['prompt_tokens']} | {r['ttft_speedup']:.2f}x "
+            f"| {fmt(by_round, 2, 'x')} | {r['amdahl_limit']:.2f}x | {r['share_of_limit']:.0%} |"
+        )
     if peer := result.get("hf_peer"):
-        hf, zs = peer["hf"], peer["zspa_serve_c1"]
+        summary, n_rounds = peer["summary"], len(peer["rounds"])
+        hf = spread([r["hf"]["e2e_p50_s"] for r in peer["rounds"]])
+        zs = spread([r["zspa_serve_c1"]["e2e_p50_s"] for r in peer["rounds"]])
+        hf_ttft = spread([r["hf"]["ttft_p50_s"] for r in peer["rounds"]])
+        zs_ttft = spread([r["zspa_serve_c1"]["ttft_p50_s"] for r in peer["rounds"]])
+        hf_rps = spread([r["hf"]["req_per_s"] for r in peer["rounds"]])
+        zs_rps = spread([r["zspa_serve_c1"]["req_per_s"] for r in peer["rounds"]])
         lines += [
             "",
-            f"Research-code path (HF transformers generate, same pruning at r={hf['ratio']:g}, "
-            "one request at a time) against zspa-serve on the same model and machine:",
+            f"Research-code path (HF transformers generate, same pruning at r={peer['ratio']:g}, "
+            f"one request at a time) against zspa-serve at concurrency 1, {n_rounds} alternating "
+            f"rounds of {peer['requests_per_round']} requests each, same model and machine:",
             "",
             "| path | TTFT p50 (s) | e2e p50 (s) | req/s |",
             "|---|---|---|---|",
-            f"| HF generate | {hf['ttft_p50_s']:.3f} | {hf['e2e_p50_s']:.3f} "
-            f"| {hf['req_per_s']:.2f} |",
-            f"| zspa-serve, concurrency 1 | {zs['ttft_p50_s']:.3f} | {zs['e2e_p50_s']:.3f} "
-            f"| {zs['req_per_s']:.2f} |",
+            f"| HF generate | {fmt(hf_ttft, 3)} | {fmt(hf, 3)} | {fmt(hf_rps)} |",
+            f"| zspa-serve, concurrency 1 | {fmt(zs_ttft, 3)} | {fmt(zs, 3)} | {fmt(zs_rps)} |",
             "",
-            f"HF/zspa-serve latency ratio {peer['latency_ratio_hf_over_zspa']:.2f}, TTFT ratio "
-            f"{peer['ttft_ratio_hf_over_zspa']:.2f}; zspa-serve's best throughput over all "
-            f"concurrencies is {peer['throughput_ratio_zspa_best_over_hf']:.1f}x HF's.",
+            "| ratio, round by round | median [min, max] |",
+            "|---|---|",
+            f"| HF / zspa-serve single-request latency | "
+            f"{claim(summary['latency_ratio_hf_over_zspa'])} |",
+            f"| HF / zspa-serve TTFT | {claim(summary['ttft_ratio_hf_over_zspa'])} |",
+            f"| zspa-serve / HF req/s, both one at a time | "
+            f"{claim(summary['throughput_ratio_zspa_c1_over_hf'])} |",
+            f"| zspa-serve's best req/s (any concurrency, {peer['zspa_best_req_per_s']:.2f}) / HF "
+            f"| {claim(summary['throughput_ratio_zspa_best_over_hf'])} |",
         ]
     return "\n".join(lines) + "\n"
 
@@ -426,8 +506,19 @@ def main() -> None:
         "checkpoint; --launch uses the benchmark model",
     )
     parser.add_argument("--hf-peer-ratio", type=float, default=0.75)
+    parser.add_argument("--hf-peer-rounds", type=int, default=5)
+    parser.add_argument("--hf-peer-requests", type=int, default=12, help="per round and path")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the markdown table and plots of an earlier result file",
+    )
     parser.add_argument("--out", help="results path stem (default results/serve_bench[_ARCH])")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        write(result, Path(args.render).with_suffix(""))
+        return
     qwen = args.launch == "qwen2_5_vl"
     args.image_size = args.image_size or (896 if qwen else 336)
     args.out = args.out or str(RESULTS / ("serve_bench_qwen2_5_vl" if qwen else "serve_bench"))
@@ -509,7 +600,7 @@ def main() -> None:
             ),
         }
         if args.hf_peer and args.hf_peer_ratio in args.ratios:
-            result["hf_peer"] = hf_peer_comparison(args, cells)
+            result["hf_peer"] = hf_peer_comparison(args, cells, images)
     finally:
         for proc in procs:
             stop_server(proc)
@@ -517,6 +608,10 @@ def main() -> None:
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write(result, stem)
+
+
+def write(result: dict, stem: Path) -> None:
     table = markdown(result)
     stem.with_suffix(".md").write_text(table)
     for path in plots(result, stem):

@@ -52,11 +52,23 @@ def test_serve_bench_runs_against_zspa_and_stock(tmp_path):
         "--requests", "2",
         "--output-len", "4",
         "--amdahl-repeats", "1",
+        "--hf-peer-rounds", "2",
+        "--hf-peer-requests", "2",
         "--out", str(out),
         env={"ZSPA_BENCH_DIR": str(tmp_path / "work")},
     )  # fmt: skip
     result = json.loads(out.with_suffix(".json").read_text())
     cells = result["cells"]
+    peer = result["hf_peer"]
+    assert len(peer["rounds"]) == 2 and peer["ratio"] == 0.75
+    latency = [r["latency_ratio_hf_over_zspa"] for r in peer["rounds"]]
+    assert peer["summary"]["latency_ratio_hf_over_zspa"]["min"] == min(latency)
+    table = out.with_suffix(".md").read_text()
+    # --render rebuilds the same table from the JSON alone.
+    out.with_suffix(".md").unlink()
+    run_script("benchmarks/serve_bench.py", "--render", str(out.with_suffix(".json")))
+    assert out.with_suffix(".md").read_text() == table
+    assert "HF / zspa-serve single-request latency" in table
     assert set(cells) == {f"{c}@{n}" for c in result["configs"] for n in (1, 2)}
     stock, full, pruned = (cells[f"{c}@1"]["prompt_tokens"] for c in result["configs"])
     assert stock == full  # ratio 0 == stock vLLM's prompt
