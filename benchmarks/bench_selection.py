@@ -4,13 +4,15 @@
     .venv/bin/python benchmarks/bench_selection.py --device cuda --dtype bfloat16
 
 Median of repeated runs after one warm-up run, per (N, D, ratio, method, backend, batch);
-min and max give the spread. On CUDA both backends run side by side (``torch``: the
-per-step loop; ``triton``: Gram + one kernel launch) at batch 1 and 16 (16 images of one
-engine step in one ``select_batch`` call), and ``first_ms`` is the first call after
-``greedy_kernel.warmup`` (what the first request pays once vLLM's profiling run warmed
-up). Prints a Markdown table and writes JSON (git SHA, torch version, device, threads)
-under benchmarks/results/. Inputs are clustered random tokens (closer to real patch
-embeddings than i.i.d. Gaussians); the selection cost does not depend on the values.
+min and max give the spread; ``--rounds R`` repeats the whole sweep and reports the range of
+the per-round medians (the run-to-run spread a README number must carry). On CUDA both
+backends run side by side (``torch``: the per-step loop; ``triton``: Gram + one kernel
+launch) at batch 1 and 16 (16 images of one engine step in one ``select_batch`` call), and
+``first_ms`` is the first call after ``greedy_kernel.warmup`` (what the first request pays
+once vLLM's profiling run warmed up). Prints a Markdown table and writes JSON (git SHA,
+torch version, device, threads, the command) under benchmarks/results/. Inputs are
+clustered random tokens (closer to real patch embeddings than i.i.d. Gaussians); the
+selection cost does not depend on the values.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +76,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sweep everything this many times; the table then gives the median of the "
+        "per-round medians and their range across rounds",
+    )
     parser.add_argument("--budget-s", type=float, default=20.0, help="per cell, soft")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--methods", nargs="+", default=list(pruning.METHODS))
@@ -95,20 +105,22 @@ def main() -> None:
     args.batches = args.batches or ([1, 16] if cuda else [1])
     dtype = getattr(torch, args.dtype)
     rows = []
-    for shape in args.shapes:
-        n, d = (int(x) for x in shape.split("x"))
-        g = torch.Generator().manual_seed(0)
-        centres = torch.randn(32, d, generator=g)
-        visual = centres[torch.randint(0, 32, (n,), generator=g)]
-        visual = (visual + 0.5 * torch.randn(n, d, generator=g)).to(device, dtype)
-        prompt = torch.randn(24, d, generator=g).to(device, dtype)
-        for ratio in args.ratios:
-            keep = pruning.keep_count(n, ratio)
-            for method in args.methods:
-                for backend in args.backends if method in GREEDY else args.backends[:1]:
-                    for batch in args.batches:
-                        rows.append(_cell(args, device, visual, prompt, keep, ratio, method,
-                                          backend, batch))  # fmt: skip
+    for rnd in range(args.rounds):
+        for shape in args.shapes:
+            n, d = (int(x) for x in shape.split("x"))
+            g = torch.Generator().manual_seed(0)
+            centres = torch.randn(32, d, generator=g)
+            visual = centres[torch.randint(0, 32, (n,), generator=g)]
+            visual = (visual + 0.5 * torch.randn(n, d, generator=g)).to(device, dtype)
+            prompt = torch.randn(24, d, generator=g).to(device, dtype)
+            for ratio in args.ratios:
+                keep = pruning.keep_count(n, ratio)
+                for method in args.methods:
+                    for backend in args.backends if method in GREEDY else args.backends[:1]:
+                        for batch in args.batches:
+                            row = _cell(args, device, visual, prompt, keep, ratio, method,
+                                        backend, batch)  # fmt: skip
+                            rows.append(row | {"round": rnd})
 
     device_name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -120,6 +132,8 @@ def main() -> None:
         "device_name": device_name or platform.machine(),
         "threads": args.threads,
         "dtype": args.dtype,
+        "rounds": args.rounds,
+        "command": " ".join(["benchmarks/bench_selection.py", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,21 +180,31 @@ def _cell(args, device, visual, prompt, keep, ratio, method, backend, batch) -> 
 
 
 def _table(rows: list[dict]) -> str:
-    """Markdown: one line per (N, D, ratio), one column per (method, backend, batch):
-    median ms per call, with [min, max] across the runs."""
+    """Markdown: one line per (N, D, ratio), one column per (method, backend, batch): median ms
+    per call [min, max]. One round: across its runs; several: the median of the per-round
+    medians and their range across rounds (what another run of the command may give)."""
     cols = list(dict.fromkeys((r["method"], r["backend"], r["batch"]) for r in rows))
     names = [m if len(cols) == len({c[0] for c in cols}) else f"{m} {b} x{k}" for m, b, k in cols]
     lines = ["| N | D | ratio | keep | " + " | ".join(names) + " |", "|" + "---|" * (4 + len(cols))]
     for n, d, ratio, keep in sorted({(r["n"], r["d"], r["ratio"], r["keep"]) for r in rows}):
-        cells = {
-            (r["method"], r["backend"], r["batch"]): r
-            for r in rows
-            if (r["n"], r["d"], r["ratio"]) == (n, d, ratio)
-        }
-        out = [
-            f"{c['median_ms']:.2f} [{c['min_ms']:.2f}, {c['max_ms']:.2f}]" if c else "-"
-            for c in (cells.get(k) for k in cols)
-        ]
+        out = []
+        for method, backend, batch in cols:
+            cell = [
+                r
+                for r in rows
+                if (r["n"], r["d"], r["ratio"], r["method"], r["backend"], r["batch"])
+                == (n, d, ratio, method, backend, batch)
+            ]
+            if not cell:
+                out.append("-")
+            elif len(cell) == 1:
+                c = cell[0]
+                out.append(f"{c['median_ms']:.2f} [{c['min_ms']:.2f}, {c['max_ms']:.2f}]")
+            else:
+                medians = [c["median_ms"] for c in cell]
+                out.append(
+                    f"{statistics.median(medians):.2f} [{min(medians):.2f}, {max(medians):.2f}]"
+                )
         lines.append(f"| {n} | {d} | {ratio} | {keep} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 

@@ -47,6 +47,12 @@ def _metrics() -> dict[str, Any]:
             "Requests with images, by pruning method ('none': ratio 0).",
             [*labels, "method"],
         ),
+        "kv_bytes": Counter(
+            "zspa_kv_cache_bytes_saved",
+            "KV-cache bytes the pruned visual tokens would have taken (all layers and "
+            "tensor-parallel ranks of the replica, at the KV-cache dtype).",
+            labels,
+        ),
     }
 
 
@@ -58,8 +64,10 @@ def model_name(args: Any) -> str:
     return str(args.model)
 
 
-def record(model: str, s: stats.PruneStats) -> None:
+def record(model: str, s: stats.PruneStats, kv_bytes_per_token: int | None = None) -> None:
     m = _metrics()
+    if kv_bytes_per_token is not None:
+        m["kv_bytes"].labels(model).inc((s.tokens_before - s.tokens_after) * kv_bytes_per_token)
     m["before"].labels(model).inc(s.tokens_before)
     m["after"].labels(model).inc(s.tokens_after)
     m["ratio"].labels(model).observe(s.ratio)

@@ -26,7 +26,7 @@ from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
 from server import media_policy, metrics, options, usage
-from zspa_vllm import config, envs, plugin, stats
+from zspa_vllm import config, envs, kv_size, plugin, stats
 
 _INSTALLED = "_zspa_installed"
 _inbox = usage.StatsInbox()
@@ -57,6 +57,8 @@ def install(state: Any) -> None:
     chat, cmpl = renderer.preprocess_chat, renderer.preprocess_cmpl
     vllm_config = getattr(state, "vllm_config", None)
     max_model_len = vllm_config.model_config.max_model_len if vllm_config else None
+    layout = kv_size.from_vllm(vllm_config) if vllm_config else None
+    kv_bytes = layout.bytes_per_token() if layout else None
     cache = getattr(getattr(renderer, "renderer", None), "mm_processor_cache", None)
     _count_invalidations(cache)
 
@@ -65,7 +67,7 @@ def install(state: Any) -> None:
         _admit(request, operator_trust, refusal)
         with _media_errors_are_client_errors():
             conversation, engine_inputs = await chat(request, *args, **kwargs)
-        _account(engine_inputs, model_name)
+        _account(engine_inputs, model_name, kv_bytes)
         _forget_unsendable(engine_inputs, max_model_len, cache)
         return conversation, engine_inputs
 
@@ -74,7 +76,7 @@ def install(state: Any) -> None:
         _admit(request, operator_trust, refusal)
         with _media_errors_are_client_errors():
             engine_inputs = await cmpl(request, *args, **kwargs)
-        _account(engine_inputs, model_name)
+        _account(engine_inputs, model_name, kv_bytes)
         _forget_unsendable(engine_inputs, max_model_len, cache)
         return engine_inputs
 
@@ -132,14 +134,14 @@ def _admit(request: Any, operator_trust: bool, refusal: str | None = None) -> No
         request.mm_processor_kwargs = {**(client_kwargs or {}), **fields}
 
 
-def _account(engine_inputs, model_name: str) -> None:
+def _account(engine_inputs, model_name: str, kv_bytes_per_token: int | None) -> None:
     # No holder outside an HTTP request we track (e.g. /v1/responses): metrics only.
     target = usage.current.get() or usage.RequestUsage()
     for engine_input in engine_inputs:
         ids = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
         if ids is not None and (s := _inbox.claim(ids)) is not None:
-            target.add(s)
-            metrics.record(model_name, s)
+            target.add(s, kv_bytes_per_token)
+            metrics.record(model_name, s, kv_bytes_per_token)
 
 
 def _forget_unsendable(engine_inputs, max_model_len: int | None, cache) -> None:

@@ -25,13 +25,23 @@ class RequestUsage:
     tokens_after: int = 0
     method: str | None = None  # None: no image, or pruning off (ratio 0)
     ratios: list[float] = field(default_factory=list)  # requested ratio per prompt with images
+    # KV-cache bytes the pruned tokens would have taken; None where the model's size per
+    # token is not exact (zspa_vllm.kv_size: sliding windows, hybrid models).
+    kv_bytes_per_token: int | None = None
 
-    def add(self, s: stats.PruneStats) -> None:
+    def add(self, s: stats.PruneStats, kv_bytes_per_token: int | None = None) -> None:
         self.tokens_before += s.tokens_before
         self.tokens_after += s.tokens_after
         self.ratios.append(s.ratio)
+        self.kv_bytes_per_token = kv_bytes_per_token
         if s.ratio > 0:
             self.method = s.method
+
+    @property
+    def kv_cache_bytes_saved(self) -> int | None:
+        if self.kv_bytes_per_token is None:
+            return None
+        return (self.tokens_before - self.tokens_after) * self.kv_bytes_per_token
 
     @property
     def effective_ratio(self) -> float:
@@ -46,6 +56,7 @@ class RequestUsage:
             "visual_tokens_after": self.tokens_after,
             "effective_prune_ratio": round(self.effective_ratio, 6),
             "prune_method": self.method,
+            "kv_cache_bytes_saved": self.kv_cache_bytes_saved,
         }
 
 

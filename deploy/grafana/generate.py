@@ -56,6 +56,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         "KV-cache slots and prefill tokens pruning did not spend.",
     ),
     (
+        "KV-cache memory saved per second",
+        "Bps",
+        [(rate("zspa_kv_cache_bytes_saved_total"), "saved")],
+        "Bytes of KV cache the pruned visual tokens would have taken (all layers and "
+        "tensor-parallel ranks, at the KV-cache dtype): what lets a replica admit more requests.",
+    ),
+    (
         "Requested prune ratio (p50 / p90)",
         "percentunit",
         [
@@ -127,6 +134,11 @@ STATS: list[tuple[str, str, str]] = [
         f"{SEL}[$__range])) - sum(increase(zspa_visual_tokens_after_pruning_total{SEL}[$__range]))",
     ),
     ("Prompt tokens (range)", "short", f"sum(increase(vllm:prompt_tokens_total{SEL}[$__range]))"),
+    (
+        "KV-cache memory saved (range)",
+        "bytes",
+        f"sum(increase(zspa_kv_cache_bytes_saved_total{SEL}[$__range]))",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,11 @@ def data_url(seed: int, size: int = 336) -> str:
 def messages(question: str, *seeds: int) -> list[dict]:
     parts = [{"type": "image_url", "image_url": {"url": data_url(s)}} for s in seeds]
     return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+
+
+def kv_bytes_per_token(model_dir: str) -> int:
+    """From the checkpoint's config.json, independently of vLLM: every layer keeps a key and
+    a value per KV head; the test servers run float32 (4 bytes)."""
+    text = json.loads((Path(model_dir) / "config.json").read_text())["text_config"]
+    head = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    return text["num_hidden_layers"] * 2 * text["num_key_value_heads"] * head * 4

@@ -110,6 +110,8 @@ def test_every_dashboard_query_returns_data(server, prometheus):
     # The recording rules evaluate on the same data.
     ratio = query(prometheus, "model_name:zspa_effective_prune_ratio:rate5m")
     assert ratio and 0.0 < float(ratio[0]["value"][1]) < 1.0
+    kv = query(prometheus, "model_name:zspa_kv_cache_bytes_saved:rate5m")
+    assert kv and float(kv[0]["value"][1]) > 0.0
 
 
 def test_template_variable_lists_the_served_model(server, prometheus):

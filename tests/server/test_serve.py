@@ -12,7 +12,14 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, DEFAULT_RATIO, MAX_BODY, data_url, messages
+from tests.server.conftest import (
+    API_KEY,
+    DEFAULT_RATIO,
+    MAX_BODY,
+    data_url,
+    kv_bytes_per_token,
+    messages,
+)
 from zspa_vllm.pruning import keep_count
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -207,6 +214,15 @@ def test_counters_equal_the_sums_of_reported_usage(server):
     ]
     count = ("zspa_requested_prune_ratio_count", label)
     assert after[count] - before.get(count, 0.0) == len(usages)
+    # KV memory: each pruned token frees one token's KV (per-token size from config.json).
+    per_token = kv_bytes_per_token(server.model)
+    for u in usages:
+        saved = u.model_extra["visual_tokens_before"] - u.model_extra["visual_tokens_after"]
+        assert u.model_extra["kv_cache_bytes_saved"] == saved * per_token
+    kv = ("zspa_kv_cache_bytes_saved_total", label)
+    assert after[kv] - before.get(kv, 0.0) == sum(
+        u.model_extra["kv_cache_bytes_saved"] for u in usages
+    )
 
     def by_method(metrics, method):
         key = ("zspa_requests_total", (("method", method), *label))
@@ -324,6 +340,8 @@ def test_metrics_add_up_across_api_server_processes(two_api_servers):
     assert kept == 4 * (keep_count(N, 0.5) + keep_count(N, 0.9))
     for _ in range(3):  # whichever process answers the scrape
         assert server.metrics()[key] - start == kept
+        saved = server.metrics()[("zspa_kv_cache_bytes_saved_total", key[1])]
+        assert saved == (8 * N - kept) * kv_bytes_per_token(server.model)
 
 
 @pytest.fixture(scope="module")

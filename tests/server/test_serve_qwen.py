@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.integration.test_qwen_vl import qimage
-from tests.server.conftest import API_KEY, Server, start_server, stop_server
+from tests.server.conftest import API_KEY, Server, kv_bytes_per_token, start_server, stop_server
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -69,6 +69,8 @@ def test_image_and_video_prune_at_the_requested_ratio(qwen_server, ratio):
         usage = pruned.usage.model_extra
         assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, kept)
         assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == full - kept
+        per_token = kv_bytes_per_token(qwen_server.model)
+        assert usage["kv_cache_bytes_saved"] == (full - kept) * per_token
 
 
 def test_bad_ratio_is_a_400_and_the_server_keeps_serving(qwen_server):
