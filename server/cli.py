@@ -17,7 +17,10 @@ vLLM's distribution metadata.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import tempfile
 
 from zspa_vllm import config
 
@@ -107,7 +110,32 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
     return args
 
 
+# Prometheus multiprocess directory for every process this server starts (see
+# zspa_vllm/selection_metrics.py): the selection time is recorded in the worker processes.
+_metrics_dir: tempfile.TemporaryDirectory | None = None
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_metrics_across_processes() -> None:
+    """Before anything imports prometheus_client: give this process and the engine-core and
+    worker processes it spawns one multiprocess metrics directory, so /metrics also shows
+    what they record. vLLM does the same for --api-server-count > 1; an operator's own
+    directory is kept. Removed at exit (it holds this run's samples only)."""
+    global _metrics_dir
+    if os.environ.get(MULTIPROC_ENV):
+        return
+    if "prometheus_client" in sys.modules:  # too late for this process to join
+        return
+    _metrics_dir = tempfile.TemporaryDirectory(prefix="zspa-metrics-")
+    os.environ[MULTIPROC_ENV] = _metrics_dir.name
+    # vLLM warns that a user-set directory must be wiped between runs; this one is new.
+    logging.getLogger("vllm.v1.metrics.prometheus").addFilter(
+        lambda record: "PROMETHEUS_MULTIPROC_DIR was set by user" not in record.getMessage()
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    share_metrics_across_processes()
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 

@@ -28,8 +28,9 @@ def rate(metric: str, by: str = "") -> str:
     return f"sum{group}(rate({metric}{SEL}{WINDOW}))"
 
 
-def quantile(q: float, histogram: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{SEL}{WINDOW})))"
+def quantile(q: float, histogram: str, by: str = "") -> str:
+    group = ", ".join(["le", by] if by else ["le"])
+    return f"histogram_quantile({q}, sum by ({group}) (rate({histogram}_bucket{SEL}{WINDOW})))"
 
 
 BEFORE = rate("zspa_visual_tokens_before_pruning_total")
@@ -76,6 +77,29 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         "reqps",
         [(rate("zspa_requests_total", "method"), "{{method}}")],
         "'none': the request did not prune (ratio 0).",
+    ),
+    (
+        "Selection time per call by method (p50 / p99)",
+        "s",
+        [
+            (quantile(0.5, "zspa_selection_seconds", "method"), "p50 {{method}}"),
+            (quantile(0.99, "zspa_selection_seconds", "method"), "p99 {{method}}"),
+        ],
+        "One batched selector call in the worker (one engine step's items of one method); "
+        "other requests' decode waits for it.",
+    ),
+    (
+        "Selection p99 as a share of TTFT p50",
+        "percentunit",
+        [
+            (
+                f"{quantile(0.99, 'zspa_selection_seconds')} / "
+                f"{quantile(0.5, 'vllm:time_to_first_token_seconds')}",
+                "selection p99 / TTFT p50",
+            )
+        ],
+        "What pruning costs against what it saves: above ~25% the selector eats the prefill "
+        "it shortens (alert ZspaSelectionSlow).",
     ),
     (
         "KV-cache usage",

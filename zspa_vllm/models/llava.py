@@ -24,6 +24,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import ProcessorInputs
 
+from zspa_vllm import selection_metrics
 from zspa_vllm.models.processing import PruningProcessorMixin
 from zspa_vllm.models.selection import ItemOptions, select_rows, warm_up
 
@@ -61,6 +62,10 @@ def _build_processor(info, dummy_inputs):
     dummy_inputs=LlavaDummyInputsBuilder,
 )
 class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        selection_metrics.configure(vllm_config)
+
     def embed_multimodal(self, **kwargs: object):
         options = ItemOptions.pop(kwargs, "image")
         embeds = super().embed_multimodal(**kwargs)

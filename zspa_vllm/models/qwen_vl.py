@@ -48,7 +48,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import ProcessorInputs
 from vllm.multimodal.utils import copy_mm_embedding_modality
 
-from zspa_vllm import config, envs, mrope
+from zspa_vllm import config, envs, mrope, selection_metrics
 from zspa_vllm.models.processing import PROFILING, PruningProcessorMixin
 from zspa_vllm.models.selection import ItemOptions, rows, scalars, select_rows, warm_up
 
@@ -136,6 +136,7 @@ class _PrunedQwenVL:
     """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL model classes."""
 
     def _zspa_init(self, vllm_config) -> None:
+        selection_metrics.configure(vllm_config)
         arch = next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("vllm."))
         how = f"or set {envs.DISABLE}=1 to run stock vLLM"
         mm = vllm_config.model_config.get_multimodal_config()

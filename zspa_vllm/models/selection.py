@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zspa_vllm import config, envs, greedy_kernel
+from zspa_vllm import config, envs, greedy_kernel, selection_metrics
 from zspa_vllm.models.processing import fields
 from zspa_vllm.pruning import keep_count, peak_extra_bytes, select_batch
 
@@ -65,7 +65,8 @@ def select_rows(
         prompts = list(flat.split([len(t) for t in ids]))
         keeps = [keep_count(embeds[i].shape[0], options.ratios[i]) for i in idx]
         extra = {"core_ratio": [options.core_ratios[i] for i in idx]} if method == "zspa" else {}
-        kept = select_batch(method, [embeds[i] for i in idx], prompts, keeps, **extra)
+        with selection_metrics.timed(method, len(idx), device):
+            kept = select_batch(method, [embeds[i] for i in idx], prompts, keeps, **extra)
         for i, rows in zip(idx, kept, strict=True):
             out[i] = rows
     return out  # type: ignore[return-value]
