@@ -224,6 +224,21 @@ def test_counters_equal_the_sums_of_reported_usage(server):
         u.model_extra["kv_cache_bytes_saved"] for u in usages
     )
 
+    # Selection time comes from the worker process (another process than this /metrics):
+    # one timed call per request here (sequential), items = the images it pruned.
+    def selection(metrics, name, method):
+        return metrics.get((name, (("method", method), *label)), 0.0)
+
+    for method, calls, images in (("zspa", 2, 2), ("random", 1, 2)):
+        for name, expected in (
+            ("zspa_selection_seconds_count", calls),
+            ("zspa_selection_items_sum", images),
+        ):
+            assert selection(after, name, method) - selection(before, name, method) == expected
+        assert selection(after, "zspa_selection_seconds_sum", method) > selection(
+            before, "zspa_selection_seconds_sum", method
+        )
+
     def by_method(metrics, method):
         key = ("zspa_requests_total", (("method", method), *label))
         return metrics.get(key, 0.0)
@@ -342,6 +357,8 @@ def test_metrics_add_up_across_api_server_processes(two_api_servers):
         assert server.metrics()[key] - start == kept
         saved = server.metrics()[("zspa_kv_cache_bytes_saved_total", key[1])]
         assert saved == (8 * N - kept) * kv_bytes_per_token(server.model)
+        items = ("zspa_selection_items_sum", (("method", "zspa"), *key[1]))
+        assert server.metrics()[items] == 8  # recorded in the worker, seen by every server
 
 
 @pytest.fixture(scope="module")
