@@ -5,8 +5,9 @@ and the kept counts are known; one observation per rendered prompt with images.
 Created lazily, in each API-server process after vLLM has set up Prometheus: with
 ``--api-server-count > 1`` vLLM sets ``PROMETHEUS_MULTIPROC_DIR`` before spawning the
 servers, so these become multiprocess metrics that its /metrics aggregates.
-The selection time is not exported: it is spent in the engine-core/worker process,
-whose metrics vLLM does not expose (see README).
+The selection time is recorded where it is spent, in the worker
+(``zspa_vllm/selection_metrics.py``), and reaches /metrics through the same multiprocess
+directory, which zspa-serve also creates for a single API server (server/cli.py).
 """
 
 from __future__ import annotations
