@@ -47,6 +47,16 @@ def _git_sha() -> str:
         return "unknown"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -122,9 +132,7 @@ def main() -> None:
                                         backend, batch)  # fmt: skip
                             rows.append(row | {"round": rnd})
 
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     meta = {
         "git_sha": _git_sha(),
         "torch": torch.__version__,
