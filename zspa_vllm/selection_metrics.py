@@ -10,9 +10,10 @@ every metric it creates writes its samples to a file in that directory, and a re
 with a ``MultiProcessCollector`` (vLLM's /metrics, in that mode) sums the files of all
 processes. vLLM sets the directory itself for ``--api-server-count > 1``; zspa-serve sets
 it for one API server too (server/cli.py), before anything imports prometheus_client, so
-the engine-core and worker processes it spawns inherit it. With vLLM's engine in the API
-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) the histograms live in the very registry
-/metrics serves. Tensor parallelism: only rank 0 records (every rank selects the same
+the engine-core and worker processes it spawns inherit it. (vLLM 0.32's API server always
+runs the engine core in a process of its own, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
+included; an offline ``LLM`` with that setting keeps the histograms in its own process's
+default registry.) Tensor parallelism: only rank 0 records (every rank selects the same
 items), so one observation per step.
 
 No host sync is added on a GPU: a CUDA call is timed with two events, and the observation
