@@ -26,10 +26,10 @@ from zspa_vllm import config
 
 MIDDLEWARE = (
     # Outermost last: vLLM applies them in order with add_middleware.
-    "server.middleware.PruningUsageMiddleware",
-    "server.security.ApiKeyMiddleware",
-    "server.security.BodySizeLimitMiddleware",
-    "server.errors.OpenAIErrorMiddleware",
+    "zspa_server.middleware.PruningUsageMiddleware",
+    "zspa_server.security.ApiKeyMiddleware",
+    "zspa_server.security.BodySizeLimitMiddleware",
+    "zspa_server.errors.OpenAIErrorMiddleware",
 )
 
 
@@ -37,7 +37,7 @@ def make_parser():
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from server.security import DEFAULT_MAX_BODY_BYTES
+    from zspa_server.security import DEFAULT_MAX_BODY_BYTES
 
     parser = make_arg_parser(
         FlexibleArgumentParser(

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.security import error_response
+from zspa_server.security import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import json
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import openapi, renderer, usage
+from zspa_server import openapi, renderer, usage
 
 USAGE_ROUTES = ("/v1/chat/completions", "/v1/completions")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server import options
+from zspa_server import options
 
 # The request models of /v1/chat/completions and /v1/completions in vLLM's schema.
 REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest")

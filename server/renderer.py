@@ -25,7 +25,7 @@ import aiohttp
 from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
-from server import media_policy, metrics, options, usage
+from zspa_server import media_policy, metrics, options, usage
 from zspa_vllm import config, envs, kv_size, plugin, stats
 
 _INSTALLED = "_zspa_installed"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.cli import MIDDLEWARE
+from zspa_server.cli import MIDDLEWARE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's tools (scripts/setup-tools)

@@ -15,8 +15,8 @@ import json
 import httpx
 import pytest
 
-from server import renderer
-from server.middleware import PruningUsageMiddleware
+from zspa_server import renderer
+from zspa_server.middleware import PruningUsageMiddleware
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

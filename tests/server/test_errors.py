@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, model_validator
 from starlette.testclient import TestClient
 
-from server.errors import OpenAIErrorMiddleware
+from zspa_server.errors import OpenAIErrorMiddleware
 
 
 class Body(BaseModel):

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from server.media_policy import MediaAddressRefused, MediaPolicy, refusal
 from tests.integration.conftest import image
 from tests.server.conftest import API_KEY, start_server, stop_server
+from zspa_server.media_policy import MediaAddressRefused, MediaPolicy, refusal
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

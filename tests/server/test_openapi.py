@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server import openapi, options
+from zspa_server import openapi, options
 
 
 def vllm_like_schema() -> dict:

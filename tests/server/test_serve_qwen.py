@@ -133,7 +133,7 @@ def test_a_ratio_on_a_server_that_cannot_prune_is_a_400(tiny_qwen2_5_vl, tmp_pat
 def test_unsupported_architectures_are_named_in_the_refusal():
     from types import SimpleNamespace
 
-    from server.renderer import _pruning_refusal
+    from zspa_server.renderer import _pruning_refusal
 
     def state(*archs):
         model_config = SimpleNamespace(architectures=list(archs))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-ZSPA_SERVE = ("-m", "server")
+ZSPA_SERVE = ("-m", "zspa_server")
 # Plain `vllm serve` (vLLM's own parser and launcher; its console script does not run on
 # the CPU wheel), as production-stack's Helm chart starts engines. ZSPA_DISABLE=1: stock.
 VLLM_SERVE = ("-m", "zspa_vllm.testing.vllm_serve")
