@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 
-from zspa_vllm import config
+from zspa_vllm import compat, config
 
 MIDDLEWARE = (
     # Outermost last: vLLM applies them in order with add_middleware.
@@ -34,8 +34,9 @@ MIDDLEWARE = (
 
 
 def make_parser():
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    make_arg_parser = compat.resolve("make_arg_parser")  # moved in vLLM 0.33
 
     from zspa_server.security import DEFAULT_MAX_BODY_BYTES
 
@@ -136,8 +137,10 @@ def share_metrics_across_processes() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     share_metrics_across_processes()
+    compat.require("server")
     from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+
+    cli_env_setup = compat.resolve("cli_env_setup")  # moved in vLLM 0.33
 
     cli_env_setup()  # as `vllm serve`: spawn, not fork, for worker processes
     parser = make_parser()

@@ -26,7 +26,7 @@ from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
 from zspa_server import media_policy, metrics, options, usage
-from zspa_vllm import config, envs, kv_size, plugin, stats
+from zspa_vllm import compat, config, envs, kv_size, plugin, stats
 
 _INSTALLED = "_zspa_installed"
 _inbox = usage.StatsInbox()
@@ -36,6 +36,7 @@ _listening = False  # one stats listener per process, however many renderers
 def install(state: Any) -> None:
     """Wrap ``state.online_renderer`` once (idempotent; one per API-server process)."""
     global _listening
+    compat.require("server")  # also for `vllm serve --middleware ...` deployments
     renderer = getattr(state, "online_renderer", None)
     if renderer is None or getattr(renderer, _INSTALLED, False):
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from zspa_vllm import envs
+from zspa_vllm import compat, envs
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def register() -> None:
     if envs.plugin_disabled():
         logger.info("zspa-vllm: %s is set, not registering pruning models", envs.DISABLE)
         return
+    # Before anything subclasses vLLM's internals: a vLLM that moved one fails here, by name
+    # (about 0.2 s of source parsing, once per process).
+    compat.require("model")
     from vllm import ModelRegistry
 
     for arch, target in MODELS.items():

@@ -52,7 +52,7 @@ def configure(vllm_config: Any) -> None:
     served = vllm_config.model_config.served_model_name
     _state.model_name = served[0] if isinstance(served, (list, tuple)) else str(served)
     try:
-        from vllm.distributed import get_tensor_model_parallel_rank
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
 
         _state.enabled = get_tensor_model_parallel_rank() == 0
     except (AssertionError, RuntimeError):  # no parallel state (unit tests): one rank
