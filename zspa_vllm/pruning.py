@@ -70,7 +70,7 @@ __all__ = [
 
 DEFAULT_CORE_RATIO = 0.6
 """Share of the budget filled by relevance. The paper tunes it per task and publishes
-no default; 0.6 is the common reimplementation choice (see DESIGN.md §1)."""
+no default; 0.6 is the common reimplementation choice (README, "How it works")."""
 
 
 GRAM_MAX_BYTES = 1 << 28

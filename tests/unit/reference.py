@@ -1,4 +1,4 @@
-"""Plain float64 reference of ZSPAPrune / DivPrune, written from DESIGN.md §1.
+"""Plain float64 reference of ZSPAPrune / DivPrune, written from the papers (README, method).
 
 Deliberately independent of ``zspa_vllm.pruning``: full Gram matrix, Python-level
 sorting and bookkeeping, no batching, no running-update tricks. Slow and obvious.
