@@ -66,7 +66,7 @@ def install(state: Any) -> None:
     @functools.wraps(chat)
     async def preprocess_chat(request, *args, **kwargs):
         _admit(request, operator_trust, refusal)
-        with _media_errors_are_client_errors():
+        with _media_errors_are_client_errors(), _truncation_errors_are_client_errors(request):
             conversation, engine_inputs = await chat(request, *args, **kwargs)
         _account(engine_inputs, model_name, kv_bytes)
         _forget_unsendable(engine_inputs, max_model_len, cache)
@@ -75,7 +75,7 @@ def install(state: Any) -> None:
     @functools.wraps(cmpl)
     async def preprocess_cmpl(request, *args, **kwargs):
         _admit(request, operator_trust, refusal)
-        with _media_errors_are_client_errors():
+        with _media_errors_are_client_errors(), _truncation_errors_are_client_errors(request):
             engine_inputs = await cmpl(request, *args, **kwargs)
         _account(engine_inputs, model_name, kv_bytes)
         _forget_unsendable(engine_inputs, max_model_len, cache)
@@ -100,6 +100,30 @@ def _media_errors_are_client_errors():
         if "--allowed-local-media-path" not in str(exc):  # MediaConnector's local-file refusal
             raise
         raise VLLMValidationError(str(exc), parameter="messages") from None
+
+
+# vLLM's assertion when an item has no placeholder left in the prompt to expand.
+_NO_PLACEHOLDER = "Failed to apply prompt replacement for "
+
+
+@contextlib.contextmanager
+def _truncation_errors_are_client_errors(request: Any):
+    """``truncate_prompt_tokens`` is applied before the image placeholders expand; when it cuts
+    an image's placeholder token off the prompt, vLLM 0.32 fails an assertion (a 500, found by
+    fuzzing; it refuses with a 400 only a cut through an expanded item). That request asked for
+    the cut: a 400 naming the field. Without truncation the assertion stays a 500 (a bug)."""
+    try:
+        yield
+    except AssertionError as exc:
+        limit = getattr(request, "truncate_prompt_tokens", None)
+        if limit is None or not str(exc).startswith(_NO_PLACEHOLDER):
+            raise
+        item = str(exc).removeprefix(_NO_PLACEHOLDER)
+        raise VLLMValidationError(
+            f"truncate_prompt_tokens={limit} cuts the placeholder of {item} off the prompt; "
+            "raise it, truncate from the other side, or omit it",
+            parameter="truncate_prompt_tokens",
+        ) from None
 
 
 def _pruning_refusal(state: Any) -> str | None:
