@@ -22,7 +22,8 @@ import os
 import sys
 import tempfile
 
-from zspa_vllm import compat, config
+from zspa_vllm import compat, config, selectors
+from zspa_vllm.option import RATIO
 
 MIDDLEWARE = (
     # Outermost last: vLLM applies them in order with add_middleware.
@@ -49,23 +50,25 @@ def make_parser():
     )
     group = parser.add_argument_group("visual-token pruning (zspa-vllm)")
     group.add_argument(
-        "--prune-ratio",
+        RATIO.flag,
         type=float,
         default=None,
-        help="Default share of each image's visual tokens to drop, in [0, 1) (0: off).",
+        help=f"Default {RATIO.help}, {RATIO.allowed}.",
     )
     group.add_argument(
         "--prune-method",
-        choices=config.METHOD_NAMES,
+        choices=config.method_names(),
         default=None,
-        help="Default selector (built-in: zspa).",
+        help=f"Default selector (built-in: {config.DEFAULT_METHOD}).",
     )
-    group.add_argument(
-        "--prune-core-ratio",
-        type=float,
-        default=None,
-        help="Default share of the budget chosen by relevance, zspa only, in [0, 1].",
-    )
+    # One flag per selector option (zspa's --prune-core-ratio; a plugin's own).
+    for option in selectors.options().values():
+        group.add_argument(
+            option.flag,
+            type=float,
+            default=None,
+            help=f"Default {option.help}, {option.allowed} (built-in: {option.default}).",
+        )
     group.add_argument(
         "--prune-scope",
         choices=config.SCOPES,
@@ -92,12 +95,8 @@ def make_parser():
 def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Fold our options into vLLM's; exits with a clear message on a bad value."""
     defaults = dict(args.mm_processor_kwargs or {})
-    for key, value in (
-        (config.RATIO_KEY, args.prune_ratio),
-        (config.METHOD_KEY, args.prune_method),
-        (config.CORE_RATIO_KEY, args.prune_core_ratio),
-        (config.SCOPE_KEY, args.prune_scope),
-    ):
+    for key in config.option_keys():
+        value = getattr(args, key)  # argparse's dest of --prune-x-y is prune_x_y
         if value is not None:
             defaults[key] = value
     try:

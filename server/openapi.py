@@ -3,7 +3,7 @@
 vLLM's request models accept unknown fields (``model_extra``) and its schema does not list
 ours, so clients generating code from the schema, and fuzzers testing against it, would not
 know them. This adds each field, with its type, range and description from
-``options.PruneFields`` (one source for validation and documentation), to the request
+``options.fields_model()`` (one source for validation and documentation), to the request
 schemas of the routes whose usage reports pruning.
 """
 
@@ -20,7 +20,7 @@ _INSTALLED = "_zspa_openapi"
 
 def prune_properties() -> dict[str, dict[str, Any]]:
     """JSON schemas of the pruning fields; omitted means the server default, so no default."""
-    properties = options.PruneFields.model_json_schema()["properties"]
+    properties = options.fields_model().model_json_schema()["properties"]
     return {
         name: {k: v for k, v in prop.items() if k not in ("default", "title")}
         for name, prop in properties.items()

@@ -12,49 +12,68 @@ An omitted field means "server default"; ``null`` is rejected rather than guesse
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from zspa_vllm import config
-
-# What each field accepts, in the words every error message uses.
-ALLOWED = {
-    config.RATIO_KEY: "a number in [0, 1)",
-    config.METHOD_KEY: f"one of {', '.join(config.METHOD_NAMES)}",
-    config.CORE_RATIO_KEY: "a number in [0, 1]",
-    config.SCOPE_KEY: f"one of {', '.join(config.SCOPES)}",
-}
+from zspa_vllm import config, selectors
+from zspa_vllm.option import PREFIX, RATIO, NumberOption
 
 
-class PruneFields(BaseModel):
-    # strict: "0.5" (a string) or true is a type error, not coerced; ints are numbers.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+def _number(option: NumberOption, what: str) -> Any:
+    bounds = {"ge": option.low, ("lt" if option.high_open else "le"): option.high}
+    return (float, Field(default=None, description=f"zspa-vllm: {what}", **bounds))
 
-    # The descriptions are also what /openapi.json shows for these fields (server/openapi.py).
-    prune_ratio: float = Field(  # type: ignore[assignment]
-        default=None,
-        ge=0.0,
-        lt=1.0,
-        description="zspa-vllm: share of each image's visual tokens to drop before prefill "
-        "(0: no pruning). Omitted: the server's --prune-ratio.",
+
+@cache
+def fields_model() -> type[BaseModel]:
+    """The pydantic model of the ``prune_*`` fields, generated from ``option.RATIO`` and
+    the selector registry (one field per selector option). Built on first use, so selector
+    entry points are loaded by then. Its descriptions are also what ``/openapi.json`` shows
+    for these fields (server/openapi.py)."""
+    methods = config.method_names()
+    fields: dict[str, Any] = {
+        RATIO.key: _number(RATIO, f"{RATIO.help}. Omitted: the server's {RATIO.flag}."),
+        config.METHOD_KEY: (
+            Literal[methods],  # type: ignore[valid-type]
+            Field(
+                default=None,
+                description="zspa-vllm: the token selector. Omitted: the server's --prune-method.",
+            ),
+        ),
+        config.SCOPE_KEY: (
+            Literal[config.SCOPES],  # type: ignore[valid-type]
+            Field(
+                default=None,
+                description="zspa-vllm: the prompt text that selects an image's tokens (turn: "
+                "up to the image's own turn, keeping earlier turns in the prefix cache; prompt: "
+                "all of it).",
+            ),
+        ),
+    }
+    for option in selectors.options().values():
+        users = [s.name for s in selectors.specs().values() if option in s.options]
+        fields[option.key] = _number(
+            option,
+            f"{option.help} ({', '.join(users)} only). Omitted: the server's {option.flag}.",
+        )
+    return create_model(
+        "PruneFields",
+        # strict: "0.5" (a string) or true is a type error, not coerced; ints are numbers.
+        __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False),
+        **fields,
     )
-    prune_method: Literal[config.METHOD_NAMES] = Field(  # type: ignore[valid-type]
-        default=None,
-        description="zspa-vllm: the token selector. Omitted: the server's --prune-method.",
-    )
-    prune_core_ratio: float = Field(  # type: ignore[assignment]
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description="zspa-vllm: share of the kept tokens chosen by relevance to the prompt "
-        "(zspa only; the rest by diversity). Omitted: the server's --prune-core-ratio.",
-    )
-    prune_scope: Literal[config.SCOPES] = Field(  # type: ignore[valid-type]
-        default=None,
-        description="zspa-vllm: the prompt text that selects an image's tokens (turn: up to "
-        "the image's own turn, keeping earlier turns in the prefix cache; prompt: all of it).",
-    )
+
+
+def allowed() -> dict[str, str]:
+    """What each field accepts, in the words every error message uses."""
+    out = {
+        RATIO.key: RATIO.allowed,
+        config.METHOD_KEY: f"one of {', '.join(config.method_names())}",
+        config.SCOPE_KEY: f"one of {', '.join(config.SCOPES)}",
+    }
+    return out | {o.key: o.allowed for o in selectors.options().values()}
 
 
 class PruneFieldError(ValueError):
@@ -72,17 +91,19 @@ def parse(extra: Mapping[str, object] | None) -> dict[str, object]:
         PruneFieldError: for a wrong type, null, NaN, a value out of range, an unknown
             method, or an unknown ``prune_*`` field.
     """
-    fields = {k: v for k, v in (extra or {}).items() if k.startswith(config.PREFIX)}
+    fields = {k: v for k, v in (extra or {}).items() if k.startswith(PREFIX)}
     try:
-        parsed = PruneFields.model_validate(fields)
+        parsed = fields_model().model_validate(fields)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else config.RATIO_KEY
-        if field not in ALLOWED:
+        accepts = allowed()
+        if field not in accepts:
+            valid = ", ".join(config.option_keys())
             raise PruneFieldError(
-                field, f"unknown pruning field {field!r}; valid fields: {', '.join(config.KEYS)}"
+                field, f"unknown pruning field {field!r}; valid fields: {valid}"
             ) from None
         value = fields[field]
         got = "null (omit the field for the server default)" if value is None else repr(value)
-        raise PruneFieldError(field, f"{field} must be {ALLOWED[field]}; got {got}") from None
+        raise PruneFieldError(field, f"{field} must be {accepts[field]}; got {got}") from None
     return parsed.model_dump(exclude_unset=True)

@@ -49,6 +49,7 @@ from zspa_vllm._rows import core_size as _core_size
 from zspa_vllm._rows import inv_norms as _inv_norms
 from zspa_vllm._rows import lengths_mask as _lengths_mask
 from zspa_vllm._rows import pad_rows as _pad_rows
+from zspa_vllm.option import RATIO
 
 __all__ = [
     "GRAM_MAX_BYTES",
@@ -116,12 +117,7 @@ def keep_count(n: int, prune_ratio: float) -> int:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if (
-        isinstance(prune_ratio, bool)
-        or not isinstance(prune_ratio, (int, float))
-        or not 0.0 <= prune_ratio < 1.0  # False for NaN too
-    ):
-        raise ValueError(f"prune_ratio must be a number in [0, 1), got {prune_ratio!r}")
+    RATIO.check(prune_ratio)
     return max(1, min(n, round(n * (1 - prune_ratio))))
 
 
@@ -564,21 +560,15 @@ METHODS: dict[str, _Selector] = {
     "random": random_select,
     "uniform": uniform_select,
 }
-"""Selector by method name, the names the per-request ``prune_method`` accepts."""
-
-
-def _method(method: str) -> _Selector:
-    try:
-        return METHODS[method]
-    except (KeyError, TypeError):
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}") from None
+"""The built-in one-image selectors by name. Requests, the server and the worker go
+through the registry in ``zspa_vllm.selectors`` (built-ins plus entry-point plugins)."""
 
 
 def select(
     method: str, visual: torch.Tensor, prompt: torch.Tensor, keep: int, **options: object
 ) -> torch.Tensor:
-    """Dispatch to the selector named ``method`` (see ``METHODS``)."""
-    return _method(method)(visual, prompt, keep, **options)
+    """One image with the registered method ``method`` (``zspa_vllm.selectors``)."""
+    return select_batch(method, [visual], [prompt], [keep], **options)[0]
 
 
 def select_batch(
@@ -588,10 +578,8 @@ def select_batch(
     keeps: Sequence[int],
     **options: object,
 ) -> list[torch.Tensor]:
-    """``select`` over several images; ``zspa`` and ``divprune`` run as one padded batch."""
-    fn = _method(method)
-    if fn is zspa_select:
-        return zspa_select_batch(visuals, prompts, keeps, **options)  # type: ignore[arg-type]
-    if fn is divprune_select:
-        return divprune_select_batch(visuals, prompts, keeps, **options)  # type: ignore[arg-type]
-    return [fn(v, p, k, **options) for v, p, k in zip(visuals, prompts, keeps, strict=True)]
+    """Several images with the registered method ``method``, in one call where the method
+    has a batch path (``zspa`` and ``divprune`` run as one padded batch)."""
+    from zspa_vllm import selectors  # the registry imports this module
+
+    return selectors.get(method)(visuals, prompts, keeps, **options)

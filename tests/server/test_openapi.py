@@ -1,4 +1,4 @@
-"""server/openapi.py: the prune_* fields from options.PruneFields into a schema."""
+"""server/openapi.py: the prune_* fields from options.fields_model() into a schema."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_fields_added_to_both_request_models_once():
     schema = openapi.add_prune_fields(openapi.add_prune_fields(vllm_like_schema()))
     for name in openapi.REQUEST_SCHEMAS:
         properties = schema["components"]["schemas"][name]["properties"]
-        assert set(properties) == {"model", *options.ALLOWED}
+        assert set(properties) == {"model", *options.allowed()}
         assert all("default" not in p for p in properties.values())  # omitted: server default
 
 

@@ -28,21 +28,27 @@ import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import ProcessorInputs, PromptReplacement
 
-from zspa_vllm import config, scope, stats
+from zspa_vllm import config, scope, selectors, stats
 from zspa_vllm.pruning import keep_count
 
 # The prefix is private: any key a client sends with it is dropped, so it can never
 # bypass validation.
 PRIVATE = "zspa_"
-# Request-level kwargs (processor -> hash -> per-item fields).
+# Request-level kwargs (processor -> hash -> per-item fields). The per-item fields are
+# decoded by name in the worker (``models/selection.ItemOptions``).
 SCOPE_IDS = "zspa_scope_ids"  # {modality: [long [M_i] per item]}: each item's scope text ids
 PROMPT_IDS = "zspa_prompt_ids"  # per-item field: long [M_i], the item's scope text ids
 RATIO = "zspa_ratio"  # float64: float64 keeps keep_count identical on both sides
-METHOD = "zspa_method"  # long: index into config.METHOD_NAMES
-CORE_RATIO = "zspa_core_ratio"  # float64
-_DTYPES = {RATIO: torch.float64, METHOD: torch.long, CORE_RATIO: torch.float64}
+METHOD = "zspa_method"  # long: index into config.method_names()
+OPTION = "zspa_opt_"  # + a selector option's name (core_ratio...): float64
 # Marks vLLM's profiling inputs: they must keep the unpruned (maximum) token count.
 PROFILING = "zspa_profiling"
+
+
+def scalar_fields() -> dict[str, torch.dtype]:
+    """One number per item: the ratio, the method, and every registered selector option."""
+    options = {OPTION + name: torch.float64 for name in selectors.options()}
+    return {RATIO: torch.float64, METHOD: torch.long, **options}
 
 
 def field(modality: str, key: str) -> str:
@@ -51,7 +57,7 @@ def field(modality: str, key: str) -> str:
 
 
 def fields(modality: str) -> tuple[str, ...]:
-    return tuple(field(modality, k) for k in (PROMPT_IDS, RATIO, METHOD, CORE_RATIO))
+    return tuple(field(modality, k) for k in (PROMPT_IDS, *scalar_fields()))
 
 
 def strip_private(kwargs: Mapping[str, object]) -> dict[str, object]:
@@ -93,8 +99,8 @@ class PruningProcessorMixin:
             kwargs |= {
                 SCOPE_IDS: self._scope_ids(inputs, options.scope),
                 RATIO: options.ratio,
-                METHOD: config.METHOD_NAMES.index(options.method),
-                CORE_RATIO: options.core_ratio,
+                METHOD: config.method_names().index(options.method),
+                **{OPTION + name: value for name, value in options.params.items()},
             }
         result = super().apply(replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
         if not profiling:
@@ -196,13 +202,12 @@ class PruningProcessorMixin:
             n = len(rows)
             # One row per item: its own scope text ids (lengths may differ: a list), and
             # the request's options.
-            ids, *scalars = fields(modality)
             scopes = hf_processor_mm_kwargs[SCOPE_IDS][modality]
             assert len(scopes) == n, f"{len(scopes)} {modality} scopes for {n} items"
-            processed[ids] = list(scopes)
-            for name, key in zip(scalars, (RATIO, METHOD, CORE_RATIO), strict=True):
+            processed[field(modality, PROMPT_IDS)] = list(scopes)
+            for key, dtype in scalar_fields().items():
                 value = hf_processor_mm_kwargs[key]
-                processed[name] = torch.full((n, 1), value, dtype=_DTYPES[key])
+                processed[field(modality, key)] = torch.full((n, 1), value, dtype=dtype)
         return processed
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):

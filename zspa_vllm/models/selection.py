@@ -7,31 +7,40 @@ from collections.abc import Sequence
 
 import torch
 
-from zspa_vllm import config, envs, greedy_kernel, selection_metrics
-from zspa_vllm.models.processing import fields
-from zspa_vllm.pruning import keep_count, peak_extra_bytes, select_batch
+from zspa_vllm import config, envs, greedy_kernel, selection_metrics, selectors
+from zspa_vllm.models.processing import METHOD, OPTION, PRIVATE, PROMPT_IDS, RATIO, field
+from zspa_vllm.pruning import keep_count, peak_extra_bytes
 
 # Devices whose selection kernels are compiled (or loaded from Triton's disk cache).
 _warm: set[torch.device] = set()
 
 
 class ItemOptions:
-    """The pruning fields of one modality's items in an ``embed_multimodal`` batch."""
+    """The pruning fields of one modality's items in an ``embed_multimodal`` batch, decoded
+    by name (``models/processing.scalar_fields``)."""
 
-    def __init__(self, prompt_ids, ratios, methods, core_ratios) -> None:
-        self.prompt_ids: list[torch.Tensor] = rows(prompt_ids)
-        self.ratios: list[float] = scalars(ratios)
-        self.methods: list[int] = [int(m) for m in scalars(methods)]
-        self.core_ratios: list[float] = scalars(core_ratios)
+    def __init__(self, values: dict[str, object]) -> None:
+        self.prompt_ids: list[torch.Tensor] = rows(values[PROMPT_IDS])
+        self.ratios: list[float] = scalars(values[RATIO])
+        self.methods: list[int] = [int(m) for m in scalars(values[METHOD])]
+        # Selector option name -> one value per item.
+        self.params: dict[str, list[float]] = {
+            k.removeprefix(OPTION): scalars(v) for k, v in values.items() if k.startswith(OPTION)
+        }
 
     @classmethod
     def pop(cls, kwargs: dict, modality: str) -> ItemOptions | None:
         """Remove this modality's fields from ``kwargs`` (the parent model must not see
         them); None when the batch carries none (pruning off for these items)."""
-        values = [kwargs.pop(k, None) for k in fields(modality)]
-        if values[1] is None:
+        suffix = field(modality, "")
+        values = {
+            k.removesuffix(suffix): kwargs.pop(k)
+            for k in list(kwargs)
+            if k.startswith(PRIVATE) and k.endswith(suffix)
+        }
+        if values.get(RATIO) is None:
             return None
-        return cls(*values)
+        return cls(values)
 
 
 def rows(field: object) -> list[torch.Tensor]:
@@ -56,17 +65,20 @@ def select_rows(
     device = embeds[0].device
     out: list[torch.Tensor | None] = [None] * len(embeds)
     by_method: dict[str, list[int]] = {}
+    names = config.method_names()
     for i, m in enumerate(options.methods):
-        by_method.setdefault(config.METHOD_NAMES[m], []).append(i)
+        by_method.setdefault(names[m], []).append(i)
     for method, idx in by_method.items():
+        spec = selectors.get(method)
         # One embedding lookup for every prompt of the batch, split back per item.
         ids = [options.prompt_ids[i] for i in idx]
         flat = embed_input_ids(torch.cat(ids).to(device, non_blocking=True))
         prompts = list(flat.split([len(t) for t in ids]))
         keeps = [keep_count(embeds[i].shape[0], options.ratios[i]) for i in idx]
-        extra = {"core_ratio": [options.core_ratios[i] for i in idx]} if method == "zspa" else {}
+        # Each method gets its own options (the processor sends every registered one).
+        params = {o.name: [options.params[o.name][i] for i in idx] for o in spec.options}
         with selection_metrics.timed(method, len(idx), device):
-            kept = select_batch(method, [embeds[i] for i in idx], prompts, keeps, **extra)
+            kept = spec([embeds[i] for i in idx], prompts, keeps, **params)
         for i, rows in zip(idx, kept, strict=True):
             out[i] = rows
     return out  # type: ignore[return-value]
