@@ -22,8 +22,9 @@ import os
 import sys
 import tempfile
 
-from zspa_vllm import compat, config, selectors
+from zspa_vllm import config, selectors
 from zspa_vllm.option import RATIO
+from zspa_vllm.seam import compat
 
 MIDDLEWARE = (
     # Outermost last: vLLM applies them in order with add_middleware.
@@ -111,7 +112,7 @@ def prepare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
 
 
 # Prometheus multiprocess directory for every process this server starts (see
-# zspa_vllm/selection_metrics.py): the selection time is recorded in the worker processes.
+# zspa_vllm/seam/selection_metrics.py): the selection time is recorded in the worker processes.
 _metrics_dir: tempfile.TemporaryDirectory | None = None
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

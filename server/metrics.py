@@ -6,7 +6,7 @@ Created lazily, in each API-server process after vLLM has set up Prometheus: wit
 ``--api-server-count > 1`` vLLM sets ``PROMETHEUS_MULTIPROC_DIR`` before spawning the
 servers, so these become multiprocess metrics that its /metrics aggregates.
 The selection time is recorded where it is spent, in the worker
-(``zspa_vllm/selection_metrics.py``), and reaches /metrics through the same multiprocess
+(``zspa_vllm/seam/selection_metrics.py``), and reaches /metrics through the same multiprocess
 directory, which zspa-serve also creates for a single API server (server/cli.py).
 """
 

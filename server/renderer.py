@@ -26,7 +26,8 @@ from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
 from vllm.exceptions import VLLMValidationError
 
 from zspa_server import media_policy, metrics, options, usage
-from zspa_vllm import compat, config, envs, kv_size, plugin, stats
+from zspa_vllm import config, envs, stats
+from zspa_vllm.seam import compat, kv_size, plugin
 
 _INSTALLED = "_zspa_installed"
 _inbox = usage.StatsInbox()

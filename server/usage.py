@@ -26,7 +26,7 @@ class RequestUsage:
     method: str | None = None  # None: no image, or pruning off (ratio 0)
     ratios: list[float] = field(default_factory=list)  # requested ratio per prompt with images
     # KV-cache bytes the pruned tokens would have taken; None where the model's size per
-    # token is not exact (zspa_vllm.kv_size: sliding windows, hybrid models).
+    # token is not exact (zspa_vllm.seam.kv_size: sliding windows, hybrid models).
     kv_bytes_per_token: int | None = None
 
     def add(self, s: stats.PruneStats, kv_bytes_per_token: int | None = None) -> None:

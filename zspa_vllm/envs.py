@@ -17,7 +17,7 @@ SELECT_BACKENDS = ("auto", "torch", "triton")
 GRAM_MAX_MIB = "ZSPA_GRAM_MAX_MIB"
 """Bound, in MiB, on the float32 Gram matrices of one kernel launch (default 256: one
 8192-token image). Raise it (e.g. 1024) to let 16384-token videos take the kernel; the
-bound is reserved in vLLM's memory profiling either way (``models/selection.warm_up``)."""
+bound is reserved in vLLM's memory profiling either way (``seam/worker.warm_up``)."""
 
 
 def plugin_disabled() -> bool:

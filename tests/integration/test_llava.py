@@ -244,7 +244,7 @@ def test_warm_up_takes_stacked_or_listed_embeds():
     # a truth test on the tensor once killed the engine on every unpruned batch.
     import torch
 
-    from zspa_vllm.models.selection import warm_up
+    from zspa_vllm.seam.worker import warm_up
 
     for embeds in (torch.zeros(2, 5, 8), [torch.zeros(5, 8)], (), torch.zeros(0, 5, 8)):
         warm_up(embeds)  # on the CPU a no-op, never an error

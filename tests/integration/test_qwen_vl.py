@@ -425,7 +425,7 @@ LLM(**engine_kwargs({path!r}, video_pruning_rate=0.5))
 def test_encoder_batches_stay_within_the_budget():
     from types import SimpleNamespace
 
-    from zspa_vllm.models.qwen_vl import _PrunedQwenVL
+    from zspa_vllm.seam.qwen_vl import _PrunedQwenVL
 
     # Patches per item 64, 16, 4, 48, 256 -> merged tokens (2x2) 16, 4, 1, 12, 64.
     grids = torch.tensor([[1, 8, 8], [1, 4, 4], [1, 2, 2], [2, 4, 6], [1, 16, 16]])

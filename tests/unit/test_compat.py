@@ -1,4 +1,4 @@
-"""zspa_vllm/compat.py: every upstream fact we rely on, on the installed vLLM (0.32, which
+"""zspa_vllm/seam/compat.py: every upstream fact we rely on, on the installed vLLM (0.32, which
 the suite runs) and on vLLM 0.33's sources (which cannot run here), and the failure a
 missing fact gives."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zspa_vllm import compat
+from zspa_vllm.seam import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 NEXT = ROOT / "requirements" / "vllm-next.txt"
@@ -61,7 +61,7 @@ def test_a_missing_method_fails_loudly_naming_version_and_piece(tmp_path, monkey
     message = str(err.value)
     assert "vLLM 0.99.0" in message and ">=0.32.0,<0.34" in message
     assert "BaseMultiModalProcessor has no _get_mm_hashes" in message
-    assert "zspa_vllm/models/processing.py" in message  # who relies on it
+    assert "zspa_vllm/seam/processor.py" in message  # who relies on it
 
 
 def test_a_renamed_parameter_and_a_moved_module_are_named(tmp_path):

@@ -1,4 +1,4 @@
-"""KV-cache bytes per token (zspa_vllm.kv_size) on published model shapes.
+"""KV-cache bytes per token (zspa_vllm.seam.kv_size) on published model shapes.
 
 Expected values are worked out by hand from the models' Hugging Face config.json files:
     LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf, Vicuna-7B text model): 32 layers, 32 KV heads
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from zspa_vllm.kv_size import KVLayout, from_vllm
+from zspa_vllm.seam.kv_size import KVLayout, from_vllm
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""zspa_vllm.selection_metrics: what is observed, when, and on which rank."""
+"""zspa_vllm.seam.selection_metrics: what is observed, when, and on which rank."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from zspa_vllm import selection_metrics as sm
+from zspa_vllm.seam import selection_metrics as sm
 
 
 def sample(name: str, method: str) -> float:

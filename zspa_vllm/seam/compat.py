@@ -46,8 +46,8 @@ _LLAVA = "vllm.model_executor.models.llava"
 _Q2 = "vllm.model_executor.models.qwen2_vl"
 _Q25 = "vllm.model_executor.models.qwen2_5_vl"
 _Q3 = "vllm.model_executor.models.qwen3_vl"
-_MP = "zspa_vllm/models/processing.py"
-_MQ = "zspa_vllm/models/qwen_vl.py"
+_MP = "zspa_vllm/seam/processor.py"
+_MQ = "zspa_vllm/seam/qwen_vl.py"
 
 FACTS: tuple[Fact, ...] = (
     # The processor hooks PruningProcessorMixin overrides (API-server process).
@@ -68,11 +68,11 @@ FACTS: tuple[Fact, ...] = (
     _f("vllm.multimodal.cache.base", "BaseMultiModalProcessorCache.invalidate", "mm_hash",
        scope="server", by="zspa_server/renderer.py"),
     # LLaVA.
-    _f(_LLAVA, "LlavaForConditionalGeneration.embed_multimodal", by="zspa_vllm/models/llava.py"),
+    _f(_LLAVA, "LlavaForConditionalGeneration.embed_multimodal", by="zspa_vllm/seam/llava.py"),
     _f(_LLAVA, "LlavaMultiModalProcessor"),
     _f(_LLAVA, "LlavaProcessingInfo"),
     _f(_LLAVA, "BaseLlavaProcessingInfo.get_num_image_tokens", "image_width", "image_height",
-       by="zspa_vllm/models/llava.py"),
+       by="zspa_vllm/seam/llava.py"),
     _f(_LLAVA, "LlavaDummyInputsBuilder"),
     _f(_LLAVA, "_build_llava_or_pixtral_hf_info"),
     _f(_LLAVA, "_build_llava_or_pixtral_hf_processor", "info", "dummy_inputs"),
@@ -107,14 +107,15 @@ FACTS: tuple[Fact, ...] = (
     _f("vllm.multimodal.utils", "copy_mm_embedding_modality", by=_MQ),
     # Worker and config helpers.
     _f("vllm.utils.torch_utils", "get_kv_cache_torch_dtype", "cache_dtype", "model_dtype",
-       by="zspa_vllm/kv_size.py"),
+       by="zspa_vllm/seam/kv_size.py"),
     _f("vllm.config.model", "ModelConfig.get_num_kv_heads", "parallel_config",
-       by="zspa_vllm/kv_size.py"),
-    _f("vllm.config.model", "ModelConfig.get_total_num_hidden_layers", by="zspa_vllm/kv_size.py"),
-    _f("vllm.config.model", "ModelConfig.get_head_size", by="zspa_vllm/kv_size.py"),
-    _f("vllm.config.model", "ModelConfig.get_sliding_window", by="zspa_vllm/kv_size.py"),
+       by="zspa_vllm/seam/kv_size.py"),
+    _f("vllm.config.model", "ModelConfig.get_total_num_hidden_layers",
+       by="zspa_vllm/seam/kv_size.py"),
+    _f("vllm.config.model", "ModelConfig.get_head_size", by="zspa_vllm/seam/kv_size.py"),
+    _f("vllm.config.model", "ModelConfig.get_sliding_window", by="zspa_vllm/seam/kv_size.py"),
     _f("vllm.distributed.parallel_state", "get_tensor_model_parallel_rank",
-       by="zspa_vllm/selection_metrics.py"),
+       by="zspa_vllm/seam/selection_metrics.py"),
     # The server: online renderer, request checks, media fetching, CLI.
     _f("vllm.renderers.online_renderer", "OnlineRenderer.preprocess_chat", "request",
        scope="server", by="zspa_server/renderer.py"),

@@ -2,7 +2,7 @@
 ``Qwen2_5_VLForConditionalGeneration`` (M-RoPE), images and videos, and for the images of
 ``Qwen3VLForConditionalGeneration``.
 
-API-server process: the processors below (``models/processing.py`` does the work). A
+API-server process: the processors below (``seam/processor.py`` does the work). A
 video is one item with one budget: ``keep_count(T*H*W, ratio)`` tokens chosen across all
 its frames together (the selector sees every frame at once, so redundant frames give up
 tokens first).
@@ -48,9 +48,10 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import ProcessorInputs
 from vllm.multimodal.utils import copy_mm_embedding_modality
 
-from zspa_vllm import config, envs, mrope, selection_metrics
-from zspa_vllm.models.processing import PROFILING, PruningProcessorMixin
-from zspa_vllm.models.selection import ItemOptions, rows, scalars, select_rows, warm_up
+from zspa_vllm import config, envs, mrope
+from zspa_vllm.seam import selection_metrics
+from zspa_vllm.seam.processor import PROFILING, PruningProcessorMixin
+from zspa_vllm.seam.worker import ItemOptions, rows, scalars, select_rows, warm_up
 
 logger = logging.getLogger(__name__)
 

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import logging
 
-from zspa_vllm import compat, envs
+from zspa_vllm import envs
+from zspa_vllm.seam import compat
 
 logger = logging.getLogger(__name__)
 
 # Architectures we replace: the built-in name maps to our subclass, so every
 # checkpoint of that architecture prunes with no --hf-overrides needed.
 MODELS = {
-    "LlavaForConditionalGeneration": "zspa_vllm.models.llava:PrunedLlavaForConditionalGeneration",
+    "LlavaForConditionalGeneration": "zspa_vllm.seam.llava:PrunedLlavaForConditionalGeneration",
     "Qwen2VLForConditionalGeneration": (
-        "zspa_vllm.models.qwen_vl:PrunedQwen2VLForConditionalGeneration"
+        "zspa_vllm.seam.qwen_vl:PrunedQwen2VLForConditionalGeneration"
     ),
     "Qwen2_5_VLForConditionalGeneration": (
-        "zspa_vllm.models.qwen_vl:PrunedQwen2_5_VLForConditionalGeneration"
+        "zspa_vllm.seam.qwen_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
     "Qwen3VLForConditionalGeneration": (
-        "zspa_vllm.models.qwen_vl:PrunedQwen3VLForConditionalGeneration"
+        "zspa_vllm.seam.qwen_vl:PrunedQwen3VLForConditionalGeneration"
     ),
 }
 

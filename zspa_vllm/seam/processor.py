@@ -35,7 +35,7 @@ from zspa_vllm.pruning import keep_count
 # bypass validation.
 PRIVATE = "zspa_"
 # Request-level kwargs (processor -> hash -> per-item fields). The per-item fields are
-# decoded by name in the worker (``models/selection.ItemOptions``).
+# decoded by name in the worker (``seam/worker.ItemOptions``).
 SCOPE_IDS = "zspa_scope_ids"  # {modality: [long [M_i] per item]}: each item's scope text ids
 PROMPT_IDS = "zspa_prompt_ids"  # per-item field: long [M_i], the item's scope text ids
 RATIO = "zspa_ratio"  # float64: float64 keeps keep_count identical on both sides

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
-from zspa_vllm import config, envs, greedy_kernel, selection_metrics, selectors
-from zspa_vllm.models.processing import METHOD, OPTION, PRIVATE, PROMPT_IDS, RATIO, field
+from zspa_vllm import config, envs, greedy_kernel, selectors
 from zspa_vllm.pruning import keep_count, peak_extra_bytes
+from zspa_vllm.seam import selection_metrics
+from zspa_vllm.seam.processor import METHOD, OPTION, PRIVATE, PROMPT_IDS, RATIO, field
 
 # Devices whose selection kernels are compiled (or loaded from Triton's disk cache).
 _warm: set[torch.device] = set()
@@ -17,7 +18,7 @@ _warm: set[torch.device] = set()
 
 class ItemOptions:
     """The pruning fields of one modality's items in an ``embed_multimodal`` batch, decoded
-    by name (``models/processing.scalar_fields``)."""
+    by name (``seam/processor.scalar_fields``)."""
 
     def __init__(self, values: dict[str, object]) -> None:
         self.prompt_ids: list[torch.Tensor] = rows(values[PROMPT_IDS])

@@ -1,6 +1,6 @@
 """Prompt-aware pruning for vLLM's ``LlavaForConditionalGeneration``.
 
-API-server process: ``PruningLlavaProcessor`` (``models/processing.py`` does the work:
+API-server process: ``PruningLlavaProcessor`` (``seam/processor.py`` does the work:
 options, placeholder counts, per-image fields, hashing, stats).
 
 Worker (``PrunedLlavaForConditionalGeneration.embed_multimodal``): runs the vision tower
@@ -24,9 +24,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import ProcessorInputs
 
-from zspa_vllm import selection_metrics
-from zspa_vllm.models.processing import PruningProcessorMixin
-from zspa_vllm.models.selection import ItemOptions, select_rows, warm_up
+from zspa_vllm.seam import selection_metrics
+from zspa_vllm.seam.processor import PruningProcessorMixin
+from zspa_vllm.seam.worker import ItemOptions, select_rows, warm_up
 
 
 class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
