@@ -28,6 +28,7 @@ from zspa_vllm.seam import compat
 
 MIDDLEWARE = (
     # Outermost last: vLLM applies them in order with add_middleware.
+    "zspa_server.admission.AdmissionMiddleware",
     "zspa_server.middleware.PruningUsageMiddleware",
     "zspa_server.security.ApiKeyMiddleware",
     "zspa_server.security.BodySizeLimitMiddleware",

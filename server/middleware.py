@@ -1,4 +1,4 @@
-"""ASGI middleware that installs the renderer hook and adds pruning counts to ``usage``.
+"""ASGI middleware that adds pruning counts to ``usage`` (admission: ``admission.py``).
 
 vLLM builds its ``usage`` objects deep inside its serving classes; rather than copy
 those, this rewrites the response on its way out: the JSON body of a non-streaming
@@ -24,7 +24,7 @@ import json
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zspa_server import openapi, renderer, usage
+from zspa_server import admission, renderer, usage
 
 USAGE_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
@@ -34,10 +34,9 @@ class PruningUsageMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("lifespan", "http") and "app" in scope:
-            # init_app_state has run before the server starts: the renderer exists.
-            renderer.install(scope["app"].state)
-            openapi.install(scope["app"])
+        if scope["type"] == "lifespan" and "app" in scope:
+            # Counts come from the admission hook: without it this would report nothing.
+            send = admission.require(scope, send, "PruningUsageMiddleware")
         path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
         if scope["type"] != "http" or scope.get("method") != "POST" or path not in USAGE_ROUTES:
             await self.app(scope, receive, send)

@@ -34,6 +34,11 @@ _inbox = usage.StatsInbox()
 _listening = False  # one stats listener per process, however many renderers
 
 
+def installed(state: Any) -> bool:
+    """Whether ``state``'s online renderer has the admission hook."""
+    return bool(getattr(getattr(state, "online_renderer", None), _INSTALLED, False))
+
+
 def install(state: Any) -> None:
     """Wrap ``state.online_renderer`` once (idempotent; one per API-server process)."""
     global _listening

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.bench.test_benchmarks import ROOT, run_script
+from tests.support.bench import ROOT, run_script
 from zspa_vllm.pruning import keep_count
 
 _spec = importlib.util.spec_from_file_location(

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.bench import run_script
 from zspa_vllm.pruning import keep_count
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_script(*args: str, env: dict | None = None) -> None:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def test_kv_capacity_matches_the_block_arithmetic(tmp_path):

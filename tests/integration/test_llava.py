@@ -8,36 +8,19 @@ import math
 import pytest
 import torch
 
-from tests.integration.conftest import greedy, image, request, run_fresh
+from tests.support.engine import image, request, run_fresh
+from tests.support.llava import (
+    QUESTION,
+    RATIOS,
+    generate,
+    generate_requests,
+    image_tokens,
+    signature,
+    text_token_count,
+)
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-RATIOS = [0.0, 0.5, 0.75, 0.9]
-QUESTION = "what is in this image?"
-IMAGE_TOKEN_ID = 4  # <image>: the fifth special token of the tiny tokenizer (tiny_llava.py)
-
-
-def image_tokens(ids) -> int:
-    return sum(1 for t in ids if t == IMAGE_TOKEN_ID)
-
-
-def text_token_count(llm, question: str) -> int:
-    tok = llm.get_tokenizer()
-    return len(tok(f"USER: \n{question} ASSISTANT:", add_special_tokens=True).input_ids)
-
-
-def generate(llm, *reqs, n: int = 4):
-    return llm.generate(list(reqs), greedy(n), use_tqdm=False)
-
-
-def signature(out) -> tuple:
-    """Greedy tokens and the first step's top logprobs, rounded for float32 noise."""
-    first = out.outputs[0].logprobs[0]
-    return (
-        tuple(out.outputs[0].token_ids),
-        tuple(sorted((t, round(lp.logprob, 3)) for t, lp in first.items())),
-    )
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
@@ -93,19 +76,9 @@ def test_matches_hf_with_pruning_outside_vllm(llm, tiny_llava, ratio):
     assert max(abs(lp.logprob - float(other[t])) for t, lp in got.items()) > 1e-2
 
 
-def run_isolated(tiny_llava: str, env: dict, reqs: list[dict]) -> list:
+def run_isolated(tiny_llava: str, env: dict, reqs: list) -> list:
     """Generate in a fresh process (the plugin registers once per process)."""
-    body = f"""
-import json
-from tests.integration.conftest import engine_kwargs, greedy, image, request
-from tests.integration.test_llava import signature
-from vllm import LLM
-llm = LLM(**engine_kwargs({tiny_llava!r}))
-reqs = [request(q, *[image(s) for s in seeds], **kw) for q, seeds, kw in json.loads(sys.argv[1])]
-outs = llm.generate(reqs, greedy(), use_tqdm=False)
-print("RESULT" + json.dumps([[list(o.prompt_token_ids), signature(o)] for o in outs]))
-"""
-    return run_fresh(body, reqs, env)
+    return run_fresh(generate_requests, {"model": tiny_llava, "requests": reqs}, env)
 
 
 def test_ratio_zero_equals_plugin_disabled(llm, tiny_llava):
@@ -248,3 +221,62 @@ def test_warm_up_takes_stacked_or_listed_embeds():
 
     for embeds in (torch.zeros(2, 5, 8), [torch.zeros(5, 8)], (), torch.zeros(0, 5, 8)):
         warm_up(embeds)  # on the CPU a no-op, never an error
+
+
+def _tower_calls(model, budget: int | None):
+    """Set the encoder budget and count vision-tower calls (None: undo, return count)."""
+    if budget is not None:
+        model._probe = (model._zspa_encoder_budget, [])
+        model._zspa_encoder_budget = budget
+        original = model.vision_tower.forward
+        model.vision_tower.forward = lambda *a, **k: model._probe[1].append(1) or original(*a, **k)
+        return 0
+    del model.vision_tower.forward  # back to the class's method
+    model._zspa_encoder_budget, calls = model._probe
+    return len(calls)
+
+
+def test_vision_tower_runs_within_the_encoder_budget(llm):
+    """vLLM's scheduler admits images by their pruned count, so one step may hold more full
+    images than the profiled encoder budget: the tower then runs on sub-batches, with the
+    same result as one call."""
+    import functools
+
+    req = request("compare the three pictures", image(60), image(61), image(62), prune_ratio=0.9)
+    runs = []
+    for budget in (576, 10**6):  # one image per call; everything in one call
+        llm.reset_prefix_cache()
+        llm.reset_mm_cache()  # the tower must run again
+        llm.apply_model(functools.partial(_tower_calls, budget=budget))
+        try:
+            (out,) = generate(llm, req)
+        finally:
+            (calls,) = llm.apply_model(functools.partial(_tower_calls, budget=None))
+        runs.append((calls, signature(out), image_tokens(out.prompt_token_ids)))
+    (split_calls, split, n_split), (whole_calls, whole, n_whole) = runs
+    assert (split_calls, whole_calls) == (3, 1)
+    assert split == whole and n_split == n_whole == 3 * pruning.keep_count(576, 0.9)
+
+
+def test_encoder_batches_split_llava_pixels_by_image():
+    from types import SimpleNamespace
+
+    import torch
+
+    from zspa_vllm.seam.llava import PrunedLlavaForConditionalGeneration
+
+    class Fake(PrunedLlavaForConditionalGeneration):
+        def __init__(self, budget):
+            self.config = SimpleNamespace(
+                vision_config=SimpleNamespace(image_size=336, patch_size=14),
+                vision_feature_select_strategy="default",
+            )
+            self._zspa_encoder_budget = budget
+
+    pixels = torch.arange(5.0)[:, None, None, None].expand(5, 3, 2, 2)
+    for budget, sizes in ((576, [1] * 5), (1200, [2, 2, 1]), (100, [1] * 5), (10**4, [5])):
+        batches = list(Fake(budget)._zspa_encoder_batches({"pixel_values": pixels}))
+        assert [len(b["pixel_values"]) for b in batches] == sizes, budget
+        assert torch.equal(torch.cat([b["pixel_values"] for b in batches]), pixels)
+    # Precomputed embeddings are not encoded: never split.
+    assert len(list(Fake(576)._zspa_encoder_batches({"image_embeds": pixels}))) == 1

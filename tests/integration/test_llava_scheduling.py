@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from tests.integration.conftest import engine_kwargs, greedy, image, request
-from tests.integration.test_llava import QUESTION, generate, signature
+from tests.support.engine import engine_kwargs, greedy, image, request
+from tests.support.llava import QUESTION, generate, signature
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.integration.conftest import engine_kwargs
-from tests.integration.test_qwen_vl import (
+from tests.support.engine import engine_kwargs
+from tests.support.qwen import (
     CASES,
     IMG,
     VID,

@@ -10,211 +10,28 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tests.integration.conftest import engine_kwargs, greedy, run_fresh
+from tests.support.engine import engine_kwargs, fresh_process, start_engine
+from tests.support.qwen import (
+    CASES,
+    IMG,
+    VID,
+    chat,
+    generate,
+    hf_reference,
+    qimage,
+    qrequest,
+    qvideo,
+    run_isolated,
+    signature,
+    visual_tokens,
+)
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-IMG = "<|vision_start|><|image_pad|><|vision_end|>"
-VID = "<|vision_start|><|video_pad|><|vision_end|>"
-IMAGE_PAD, VIDEO_PAD = 5, 6  # token ids in the tiny tokenizer (tiny_qwen_vl.SPECIALS)
-FPS = 2.0
-
-
-def chat(*parts: str) -> str:
-    return "<|im_start|>user\n" + "".join(parts) + "<|im_end|>\n<|im_start|>assistant\n"
-
-
-def qimage(seed: int, w: int = 420, h: int = 280) -> Image.Image:
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(h, w, 3) * 255).astype("uint8"))
-
-
-def qvideo(seed: int, frames: int = 4, w: int = 168, h: int = 112) -> np.ndarray:
-    return (np.random.RandomState(seed).rand(frames, h, w, 3) * 255).astype("uint8")
-
-
-def metadata(video: np.ndarray) -> dict:
-    n = len(video)
-    return {
-        "fps": FPS,
-        "duration": n / FPS,
-        "total_num_frames": n,
-        "frames_indices": list(range(n)),
-        "video_backend": "opencv",
-    }
-
-
-def qrequest(variant: str, text: str, images=(), videos=(), **prune) -> dict:
-    data: dict = {}
-    if images:
-        data["image"] = list(images)
-    if videos:
-        # Qwen2.5-VL and Qwen3-VL take (frames, metadata): the fps sets their timing.
-        data["video"] = [(v, metadata(v)) if variant != "qwen2_vl" else v for v in videos]
-    return {"prompt": text, "multi_modal_data": data, "mm_processor_kwargs": prune}
-
-
-def generate(llm, *reqs, n: int = 4):
-    return llm.generate(list(reqs), greedy(n), use_tqdm=False)
-
-
-def signature(out) -> tuple:
-    first = out.outputs[0].logprobs[0]
-    return (
-        tuple(out.prompt_token_ids),
-        tuple(out.outputs[0].token_ids),
-        tuple(sorted((t, round(lp.logprob, 3)) for t, lp in first.items())),
-    )
-
-
-def visual_tokens(ids) -> int:
-    return sum(1 for t in ids if t in (IMAGE_PAD, VIDEO_PAD))
-
-
-# -- the independent HF reference ------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=2)
-def _hf(path: str, variant: str):
-    import transformers
-
-    cls = {
-        "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
-        "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
-        "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-    }[variant]
-    model = cls.from_pretrained(path, dtype=torch.float32).eval()
-    return model, transformers.AutoProcessor.from_pretrained(path)
-
-
-def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, steps=4, naive=False):
-    """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
-
-    ``naive=True`` gives kept visual tokens the positions of the first K grid cells
-    (what compacting the grid would do): a control that the position test can fail.
-    """
-    from transformers.video_utils import VideoMetadata
-
-    model, processor = _hf(path, variant)
-    extra = {}
-    if videos and variant == "qwen2_5_vl":
-        extra = {
-            "video_metadata": [VideoMetadata(**metadata(v)) for v in videos],
-            "do_sample_frames": False,
-        }
-    inputs = processor(
-        text=[text],
-        images=list(images) or None,
-        videos=list(videos) or None,
-        return_tensors="pt",
-        **extra,
-    )
-    ids = inputs["input_ids"][0]
-    inner = model.model
-    with torch.no_grad():
-        feats = {"image": [], "video": []}
-        deep_items = []  # Qwen3-VL: per image, its deepstack features (one per level)
-        if images:
-            out = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-            feats["image"] = list(out.pooler_output)
-            levels = getattr(out, "deepstack_features", None) or []
-            deep_items = [[level[k] for level in levels] for k in range(len(images))]
-        if videos:
-            out = inner.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-            feats["video"] = list(out.pooler_output)
-        rope_kwargs = {}
-        if variant == "qwen2_5_vl" and videos:
-            rope_kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
-        pos, _ = inner.get_rope_index(
-            inputs["input_ids"],
-            inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"),
-            attention_mask=inputs["attention_mask"],
-            **rope_kwargs,
-        )
-        pos = pos[:, 0]  # [3, L]
-        table = model.get_input_embeddings()
-        special = set(processor.tokenizer.all_special_ids) | {IMAGE_PAD, VIDEO_PAD}
-        prompt = table(torch.tensor([t for t in ids.tolist() if t not in special]))
-        embeds = table(ids)
-        keep = torch.ones(len(ids), dtype=torch.bool)
-        new_pos = pos.clone()
-        counters = {"image": 0, "video": 0}
-        is_visual = torch.zeros(len(ids), dtype=torch.bool)
-        deep = [torch.zeros(len(ids), f.shape[-1]) for f in (deep_items[0] if deep_items else [])]
-        i = 0
-        while i < len(ids):  # each run of pad tokens is one item, in prompt order
-            tok = int(ids[i])
-            if tok not in (IMAGE_PAD, VIDEO_PAD):
-                i += 1
-                continue
-            modality = "image" if tok == IMAGE_PAD else "video"
-            feat = feats[modality][counters[modality]]
-            counters[modality] += 1
-            n = feat.shape[0]
-            assert bool((ids[i : i + n] == tok).all()) and (i + n == len(ids) or ids[i + n] != tok)
-            embeds[i : i + n] = feat
-            is_visual[i : i + n] = True
-            if modality == "image" and deep_items:
-                for level, f in zip(deep, deep_items[counters["image"] - 1], strict=True):
-                    level[i : i + n] = f
-            kept = select(feat, prompt, pruning.keep_count(n, ratio))
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[kept] = True
-            keep[i : i + n] = mask
-            if naive:
-                new_pos[:, i : i + n][:, mask] = pos[:, i : i + len(kept)]
-            i += n
-        x, p, vis = embeds[keep], new_pos[:, keep], is_visual[keep]
-        deep_kept = [level[keep][vis] for level in deep]
-        next_pos = int(pos.max()) + 1  # decoding continues after the unpruned prompt
-        tokens, first = [], None
-        for step in range(steps):
-            deepstack = (
-                {"visual_pos_masks": vis[None], "deepstack_visual_embeds": deep_kept}
-                if deep
-                else {}
-            )
-            hidden = inner.language_model(
-                inputs_embeds=x[None], position_ids=p[:, None], **deepstack
-            ).last_hidden_state
-            logprobs = torch.log_softmax(model.lm_head(hidden[0, -1]).double(), dim=-1)
-            first = logprobs if first is None else first
-            token = int(logprobs.argmax())
-            tokens.append(token)
-            x = torch.cat([x, table(torch.tensor([token]))])
-            p = torch.cat([p, torch.full((3, 1), next_pos + step)], dim=1)
-            vis = torch.cat([vis, torch.zeros(1, dtype=torch.bool)])
-    return first, tokens, ids[keep].tolist()
-
-
-CASES = {
-    "one image": (chat(IMG, "what is in this image?"), [(1, 420, 280)]),
-    "two images": (
-        chat(IMG, "compare the sky with the sea", IMG, "how many objects?"),
-        [(2, 280, 448), (3, 336, 336)],
-    ),
-    "image then more text": (
-        chat(
-            "read the text in the sign. ",
-            IMG,
-            "is there a cat or a dog? where is the person standing? "
-            "count the apples on the table; answer yes or no.",
-        ),
-        [(4, 448, 224)],
-    ),
-}
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
@@ -359,21 +176,6 @@ def test_mixed_batch_equals_single_runs(qwen):
     assert [signature(o) for o in generate(llm, *reqs)] == singles
 
 
-def run_isolated(path: str, variant: str, env: dict, specs: list) -> list:
-    """Generate in a fresh process (the plugin registers once per process)."""
-    body = f"""
-import json
-from tests.integration.conftest import engine_kwargs
-from tests.integration.test_qwen_vl import *
-from vllm import LLM
-llm = LLM(**engine_kwargs({path!r}, limit_mm_per_prompt={{"image": 4, "video": 2}}))
-reqs = [qrequest({variant!r}, t, [qimage(s) for s in i], [qvideo(s) for s in v], **kw)
-        for t, i, v, kw in json.loads(sys.argv[1])]
-print("RESULT" + json.dumps([signature(o) for o in generate(llm, *reqs)]))
-"""
-    return run_fresh(body, specs, env)
-
-
 def test_ratio_zero_equals_plugin_disabled(qwen):
     variant, path, llm = qwen
     specs = [
@@ -409,15 +211,8 @@ def test_stats_report_unpruned_size_on_processor_cache_hits(qwen):
 
 def test_engine_video_pruning_rate_is_refused(tiny_qwen2_5_vl):
     # vLLM implements --video-pruning-rate (EVS) for Qwen2.5-VL (and Qwen3-VL), not Qwen2-VL.
-    path = tiny_qwen2_5_vl
-    code = f"""
-import sys
-sys.path.insert(0, {os.getcwd()!r})
-from tests.integration.conftest import engine_kwargs
-from vllm import LLM
-LLM(**engine_kwargs({path!r}, video_pruning_rate=0.5))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    payload = {"path": tiny_qwen2_5_vl, "video_pruning_rate": 0.5}
+    proc = fresh_process(start_engine, payload)
     assert proc.returncode != 0
     assert "--video-pruning-rate" in proc.stderr and "ZSPA_DISABLE=1" in proc.stderr
 
@@ -425,17 +220,21 @@ LLM(**engine_kwargs({path!r}, video_pruning_rate=0.5))
 def test_encoder_batches_stay_within_the_budget():
     from types import SimpleNamespace
 
+    from zspa_vllm import families
     from zspa_vllm.seam.qwen_vl import _PrunedQwenVL
+
+    class Fake(_PrunedQwenVL):
+        zspa_family = families.get("Qwen2VLForConditionalGeneration")
+
+        def __init__(self):
+            self.config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2))
+            self._zspa_encoder_budget = 20
 
     # Patches per item 64, 16, 4, 48, 256 -> merged tokens (2x2) 16, 4, 1, 12, 64.
     grids = torch.tensor([[1, 8, 8], [1, 4, 4], [1, 2, 2], [2, 4, 6], [1, 16, 16]])
     pixels = torch.arange(int(grids.prod(-1).sum()), dtype=torch.float32)[:, None]
-    fake = SimpleNamespace(
-        config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2)),
-        _zspa_encoder_budget=20,
-    )
     kwargs = {"pixel_values": pixels, "image_grid_thw": grids}
-    batches = list(_PrunedQwenVL._encoder_batches(fake, kwargs))
+    batches = list(Fake()._zspa_encoder_batches(kwargs))
     # 16 + 4 = 20 fits; 1 + 12 fits; 64 is over budget alone (one item always runs).
     assert [b["image_grid_thw"].tolist() for b in batches] == [
         grids[:2].tolist(),
@@ -446,7 +245,7 @@ def test_encoder_batches_stay_within_the_budget():
     for b in batches:
         assert len(b["pixel_values"]) == int(b["image_grid_thw"].prod(-1).sum())
     # An unknown per-item key: no split (it could not be sliced correctly).
-    assert len(list(_PrunedQwenVL._encoder_batches(fake, kwargs | {"other": grids}))) == 1
+    assert len(list(Fake()._zspa_encoder_batches(kwargs | {"other": grids}))) == 1
 
 
 def _tower_probe(model, budget: int | None):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.integration.conftest import run_fresh
 from tests.support import selector_plugin
+from tests.support.engine import run_fresh
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -18,22 +18,15 @@ IMAGE_TOKEN_ID = 4  # <image> in the tiny tokenizer (tiny_llava.py)
 def test_plugin_selector_runs_in_the_worker_with_per_item_options(tiny_llava, tmp_path):
     site = selector_plugin.install(tmp_path / "site")
     log = tmp_path / "calls.jsonl"
-    body = f"""
-import json
-from tests.integration.conftest import engine_kwargs, greedy, image, request
-from vllm import LLM
-llm = LLM(**engine_kwargs({tiny_llava!r}))
-reqs = [request("what is on the left?", image(s), **kw) for s, kw in json.loads(sys.argv[1])]
-outs = llm.generate(reqs, greedy(), use_tqdm=False)
-print("RESULT" + json.dumps([list(o.prompt_token_ids) for o in outs]))
-"""
     reqs = [
         [2, {"prune_ratio": 0.5, "prune_method": "window_recorded", "prune_window_offset": 1.0}],
         [3, {"prune_ratio": 0.75, "prune_method": "window_recorded"}],  # option's default: 0
         [4, {"prune_ratio": 0.5}],  # zspa, in the same engine step
     ]
     env = selector_plugin.env(site) | {selector_plugin.LOG_ENV: str(log)}
-    prompts = run_fresh(body, reqs, env)
+    prompts = run_fresh(
+        selector_plugin.generate_prompts, {"model": tiny_llava, "requests": reqs}, env
+    )
     assert [sum(t == IMAGE_TOKEN_ID for t in ids) for ids in prompts] == [288, 144, 288]
     calls = sorted(json.loads(line) for line in log.read_text().splitlines())
     # [N, keep, window_offset, prompt rows, kept]: both items, each with its own option.

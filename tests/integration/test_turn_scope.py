@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import greedy, image
-from tests.integration.test_llava import IMAGE_TOKEN_ID, signature
+from tests.support.engine import greedy, image
+from tests.support.llava import IMAGE_TOKEN_ID, signature
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.unit import reference as ref
-from tests.unit.peak_rss import peak_growth_mib
-from tests.unit.test_pruning import NEAR_TIE, check_against_reference, clustered, gaussian
+from tests.support import reference as ref
+from tests.support.peak_rss import peak_growth_mib
+from tests.support.selection import NEAR_TIE, check_against_reference, clustered, gaussian
 from zspa_vllm import gram_backend, greedy_kernel
 from zspa_vllm import pruning as P
 

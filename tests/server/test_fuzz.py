@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from tests.server.conftest import API_KEY, DEFAULT_RATIO, data_url, messages
+from tests.support.server import API_KEY, DEFAULT_RATIO, data_url, messages
 from zspa_vllm.pruning import keep_count
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

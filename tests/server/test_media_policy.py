@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.integration.conftest import image
-from tests.server.conftest import API_KEY, start_server, stop_server
+from tests.support.engine import image
+from tests.support.server import API_KEY, start_server, stop_server
 from zspa_server.media_policy import MediaAddressRefused, MediaPolicy, refusal
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -105,7 +105,7 @@ def test_loopback_media_is_refused_by_default(server, image_host):
             _ask(client, server.model, url)
         assert where in err.value.message and "--allow-private-media-urls" in err.value.message
     # ... and the server keeps serving.
-    from tests.server.conftest import data_url
+    from tests.support.server import data_url
 
     assert _ask(client, server.model, data_url(3)).choices[0].message.content is not None
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.server.conftest import free_port, messages
+from tests.support.server import free_port, messages
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import (
+from tests.support.server import (
     API_KEY,
     DEFAULT_RATIO,
     MAX_BODY,
@@ -325,7 +325,7 @@ def test_vllm_serving_layer_is_all_there(server):
 
 @pytest.fixture(scope="module")
 def two_api_servers(tiny_llava, tmp_path_factory):
-    from tests.server.conftest import Server, start_server, stop_server
+    from tests.support.server import Server, start_server, stop_server
 
     log = tmp_path_factory.mktemp("serve-2") / "zspa-serve.log"
     proc, url = start_server(tiny_llava, log, "--api-server-count", "2", "--api-key", API_KEY)
@@ -366,7 +366,7 @@ def plain_vllm_serve(tiny_llava, tmp_path_factory):
     """`vllm serve` configured as deploy/helm/production-stack-values.yaml configures it."""
     import yaml
 
-    from tests.server.conftest import VLLM_SERVE, Server, start_server, stop_server
+    from tests.support.server import VLLM_SERVE, Server, start_server, stop_server
 
     values = Path(__file__).resolve().parents[2] / "deploy/helm/production-stack-values.yaml"
     (spec,) = yaml.safe_load(values.read_text())["servingEngineSpec"]["modelSpec"]

@@ -9,8 +9,8 @@ import io
 import numpy as np
 import pytest
 
-from tests.integration.test_qwen_vl import qimage
-from tests.server.conftest import API_KEY, Server, kv_bytes_per_token, start_server, stop_server
+from tests.support.qwen import qimage
+from tests.support.server import API_KEY, Server, kv_bytes_per_token, start_server, stop_server
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

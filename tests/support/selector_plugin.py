@@ -63,3 +63,45 @@ def env(site: Path) -> dict[str, str]:
     """This process's environment with ``site`` first on ``PYTHONPATH``."""
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     return os.environ | {"PYTHONPATH": path}
+
+
+def generate_prompts(payload: dict) -> list:
+    """For ``run_fresh``: LLaVA requests ``[image seed, options]``; their prompt token ids."""
+    from vllm import LLM
+
+    from tests.support.engine import engine_kwargs, greedy, image, request
+
+    llm = LLM(**engine_kwargs(payload["model"]))
+    reqs = [request("what is on the left?", image(s), **kw) for s, kw in payload["requests"]]
+    return [list(o.prompt_token_ids) for o in llm.generate(reqs, greedy(), use_tqdm=False)]
+
+
+def everywhere(_: object) -> dict:
+    """For ``run_fresh``: what the example selector became in every generated place."""
+    import torch
+
+    from zspa_server import cli, openapi, options
+    from zspa_vllm import config, pruning, selectors
+
+    v, p = torch.randn(10, 4), torch.randn(2, 4)
+    res: dict = {"names": selectors.names()}
+    res["last"] = pruning.select("window", v, p, 4, window_offset=1.0).tolist()
+    res["first"] = pruning.select_batch("window", [v, v], [p, p], [3, 20])[0].tolist()
+    res["params"] = config.resolve({"prune_method": "window", "prune_window_offset": 0.5}).params
+    res["parsed"] = options.parse({"prune_method": "window", "prune_window_offset": 0.25})
+    try:
+        options.parse({"prune_window_offset": 1.5})
+    except options.PruneFieldError as exc:
+        res["refused"] = [exc.field, str(exc)]
+    res["schema"] = openapi.prune_properties()["prune_window_offset"]
+    parser = cli.make_parser()
+    args = cli.prepare(parser.parse_args(["m", "--prune-window-offset", "0.75"]), parser)
+    res["cli"] = args.mm_processor_kwargs
+    return res
+
+
+def names(_: object) -> list:
+    """For ``fresh_process``: the registry's method names (loads every entry point)."""
+    from zspa_vllm import selectors
+
+    return list(selectors.names())

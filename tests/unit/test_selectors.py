@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.support import selector_plugin
+from tests.support.engine import fresh_process, run_fresh
 from zspa_vllm import config, pruning, selectors
 from zspa_vllm.option import RATIO, NumberOption
 from zspa_vllm.selectors import SelectorSpec, per_item
@@ -86,44 +84,11 @@ def test_registered_option_becomes_a_request_key(registry):
         config.resolve({"prune_step": 9})
 
 
-def _run_with_plugin(tmp_path: Path, code: str) -> dict:
-    """``code`` in a fresh process with README's example installed; it prints JSON."""
-    site = selector_plugin.install(tmp_path / "site")
-    env = selector_plugin.env(site)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def test_readme_example_plugs_in_everywhere(tmp_path):
     """README's 20-line selector, installed as a distribution with an entry point, is a
     method of the registry, the request options, the server's fields and schema and the CLI."""
-    out = _run_with_plugin(
-        tmp_path,
-        """
-import json, torch
-from zspa_vllm import config, pruning, selectors
-from zspa_server import cli, openapi, options
-
-v, p = torch.randn(10, 4), torch.randn(2, 4)
-res = {"names": selectors.names()}
-res["last"] = pruning.select("window", v, p, 4, window_offset=1.0).tolist()
-res["first"] = pruning.select_batch("window", [v, v], [p, p], [3, 20])[0].tolist()
-res["params"] = config.resolve({"prune_method": "window", "prune_window_offset": 0.5}).params
-res["parsed"] = options.parse({"prune_method": "window", "prune_window_offset": 0.25})
-try:
-    options.parse({"prune_window_offset": 1.5})
-except options.PruneFieldError as exc:
-    res["refused"] = [exc.field, str(exc)]
-res["schema"] = openapi.prune_properties()["prune_window_offset"]
-parser = cli.make_parser()
-args = cli.prepare(parser.parse_args(["m", "--prune-window-offset", "0.75"]), parser)
-res["cli"] = args.mm_processor_kwargs
-print(json.dumps(res))
-""",
-    )
+    site = selector_plugin.install(tmp_path / "site")
+    out = run_fresh(selector_plugin.everywhere, None, selector_plugin.env(site))
     builtin = ["divprune", "random", "relevance", "uniform"]
     assert out["names"] == [*builtin, "window", "window_recorded", "zspa"]
     assert out["last"] == [6, 7, 8, 9] and out["first"] == [0, 1, 2]
@@ -142,8 +107,6 @@ def test_broken_entry_point_is_named(tmp_path):
     site = selector_plugin.install(tmp_path / "site")
     points = site / "my_selector-0.1.dist-info" / "entry_points.txt"
     points.write_text(points.read_text() + "broken = my_selector:NOT_THERE\n")
-    code = "from zspa_vllm import selectors\nselectors.names()"
-    env = selector_plugin.env(site)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = fresh_process(selector_plugin.names, None, selector_plugin.env(site))
     assert proc.returncode == 1
     assert "selector entry point 'broken' (my_selector:NOT_THERE) failed" in proc.stderr

@@ -3,11 +3,12 @@
 API-server process: ``PruningLlavaProcessor`` (``seam/processor.py`` does the work:
 options, placeholder counts, per-image fields, hashing, stats).
 
-Worker (``PrunedLlavaForConditionalGeneration.embed_multimodal``): runs the vision tower
-and projector as before, embeds the prompt ids with the LLM's own input-embedding table,
-and returns exactly ``keep_count(N, ratio)`` rows per image, in original order.
+Worker: ``seam/worker.PruningModelMixin`` (the family-neutral pipeline): the vision tower
+and projector in encoder-budget sub-batches, the prompt ids embedded with the LLM's own
+input-embedding table, exactly ``keep_count(N, ratio)`` rows per image in original order.
 
 LLaVA uses 1-D RoPE, so kept tokens simply occupy the contiguous placeholder positions.
+What is LLaVA's own: the unpruned count per image (one fixed patch grid per tower).
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import ProcessorInputs
 
-from zspa_vllm.seam import selection_metrics
+from zspa_vllm import families
 from zspa_vllm.seam.processor import PruningProcessorMixin
-from zspa_vllm.seam.worker import ItemOptions, select_rows, warm_up
+from zspa_vllm.seam.worker import PruningModelMixin
+
+FAMILY = families.get("LlavaForConditionalGeneration")
 
 
 class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
-    zspa_modalities = {"image": ("pixel_values", "image_embeds")}
-
-    def _zspa_item_tokens(self) -> dict[str, int]:
-        return {"image": self.info.get_hf_config().image_token_index}
+    zspa_family = FAMILY
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         images = inputs.mm_data_items.get("image")
@@ -61,17 +61,18 @@ def _build_processor(info, dummy_inputs):
     info=_build_llava_or_pixtral_hf_info,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+class PrunedLlavaForConditionalGeneration(PruningModelMixin, LlavaForConditionalGeneration):
+    zspa_family = FAMILY
+
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        selection_metrics.configure(vllm_config)
+        self._zspa_init(vllm_config)
 
-    def embed_multimodal(self, **kwargs: object):
-        options = ItemOptions.pop(kwargs, "image")
-        embeds = super().embed_multimodal(**kwargs)
-        if options is None:  # no image in this batch asked for pruning
-            warm_up(embeds)
-            return embeds
-        embeds = list(embeds)
-        rows = select_rows(embeds, self.get_language_model().embed_input_ids, options)
-        return tuple(e[r] for e, r in zip(embeds, rows, strict=True))
+    def _zspa_item_tokens(self, media, kwargs) -> list[int]:
+        # For the encoder-budget split: every image has the tower's full patch grid
+        # (LLaVA resizes to it); "full" feature selection keeps CLIP's CLS token too.
+        vision = self.config.vision_config
+        n = (vision.image_size // vision.patch_size) ** 2
+        if self.config.vision_feature_select_strategy == "full":
+            n += 1
+        return [n] * len(kwargs[media.pixels])

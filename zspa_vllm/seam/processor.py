@@ -13,8 +13,8 @@
   * keeps every pruning key away from the HF processor (and its from_pretrained cache);
   * publishes one ``stats.PruneStats`` per real request with media.
 
-A family supplies ``zspa_modalities`` and ``_zspa_tokens_before`` (how many tokens the
-items would have had unpruned).
+A family supplies ``zspa_family`` (its spec: modalities, placeholder tokens, item keys) and
+``_zspa_tokens_before`` (how many tokens the items would have had unpruned).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import ProcessorInputs, PromptReplacement
 
-from zspa_vllm import config, scope, selectors, stats
+from zspa_vllm import config, families, scope, selectors, stats
 from zspa_vllm.pruning import keep_count
 
 # The prefix is private: any key a client sends with it is dropped, so it can never
@@ -67,8 +67,12 @@ def strip_private(kwargs: Mapping[str, object]) -> dict[str, object]:
 class PruningProcessorMixin:
     """Mix in before a ``BaseMultiModalProcessor`` subclass."""
 
-    # Modality -> key of the processed HF output with one row per item of it.
-    zspa_modalities: Mapping[str, tuple[str, ...]] = {"image": ("pixel_values",)}
+    zspa_family: families.Family
+
+    @property
+    def zspa_modalities(self) -> dict[str, tuple[str, ...]]:
+        """Modality -> keys of the processed HF output with one row per item of it."""
+        return {m.modality: m.item_keys for m in self.zspa_family.media}
 
     def _zspa_placeholder_ids(self) -> set[int]:
         """Token ids that stand for media in the templated prompt (never prompt text)."""
@@ -80,7 +84,8 @@ class PruningProcessorMixin:
 
     def _zspa_item_tokens(self) -> Mapping[str, int]:
         """Modality -> the one token that stands for each item in the templated prompt."""
-        raise NotImplementedError
+        hf_config = self.info.get_hf_config()
+        return {m.modality: getattr(hf_config, m.placeholder) for m in self.zspa_family.media}
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options) -> ProcessorInputs:
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
@@ -94,6 +99,14 @@ class PruningProcessorMixin:
             if profiling
             else config.resolve(request, self.info.ctx.get_mm_config().mm_processor_kwargs)
         )
+        unpruned = set(inputs.mm_data_items) - set(self.zspa_family.modalities)
+        if options.active and unpruned:
+            # Never prune some items and silently leave the others: refuse, naming them.
+            raise ValueError(
+                f"{config.RATIO_KEY} must be 0 for requests with {', '.join(sorted(unpruned))} "
+                f"on {self.zspa_family.architecture}: zspa-vllm prunes its "
+                f"{' and '.join(self.zspa_family.modalities)} only"
+            )
         kwargs = strip_private(config.strip(request))
         if options.active:
             kwargs |= {

@@ -48,41 +48,17 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import ProcessorInputs
 from vllm.multimodal.utils import copy_mm_embedding_modality
 
-from zspa_vllm import config, envs, mrope
-from zspa_vllm.seam import selection_metrics
-from zspa_vllm.seam.processor import PROFILING, PruningProcessorMixin
-from zspa_vllm.seam.worker import ItemOptions, rows, scalars, select_rows, warm_up
+from zspa_vllm import envs, families, mrope
+from zspa_vllm.seam.processor import PruningProcessorMixin
+from zspa_vllm.seam.worker import PruningModelMixin, rows, scalars
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("image", "video")
-# Keys _encoder_batches knows how to split by item.
-_SPLITTABLE = {
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-    "timestamps",
-}
-# kwargs key -> modality, as the parent models parse them (first key wins the order).
-_MODALITY_OF_KEY = {
-    "pixel_values": "image",
-    "image_embeds": "image",
-    "pixel_values_videos": "video",
-    "video_embeds": "video",
-}
-
 
 class _QwenPruningProcessor(PruningProcessorMixin):
-    zspa_modalities = {"image": ("image_grid_thw",), "video": ("video_grid_thw",)}
     # Unpruned token counts by item hash, for processor-cache hits (vLLM then hands us
     # no item data to read the grid from). Bounded: an entry is two small objects.
     _FULL_COUNTS_MAX = 1 << 16
-
-    def _zspa_item_tokens(self) -> dict[str, int]:
-        hf = self.info.get_hf_config()
-        return {"image": hf.image_token_id, "video": hf.video_token_id}
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         counts = self.__dict__.setdefault("_full_counts", OrderedDict())
@@ -108,36 +84,30 @@ class _QwenPruningProcessor(PruningProcessorMixin):
         return total
 
 
+QWEN2_VL = families.get("Qwen2VLForConditionalGeneration")
+QWEN2_5_VL = families.get("Qwen2_5_VLForConditionalGeneration")
+QWEN3_VL = families.get("Qwen3VLForConditionalGeneration")
+
+
 class PruningQwen2VLProcessor(_QwenPruningProcessor, Qwen2VLMultiModalProcessor):
-    pass
+    zspa_family = QWEN2_VL
 
 
 class PruningQwen2_5_VLProcessor(_QwenPruningProcessor, Qwen2_5_VLMultiModalProcessor):
-    pass
+    zspa_family = QWEN2_5_VL
 
 
 class PruningQwen3VLProcessor(_QwenPruningProcessor, Qwen3VLMultiModalProcessor):
-    # Images only: a Qwen3-VL video interleaves per-frame timestamp text with its frames
-    # (README, "Qwen3-VL"), which the per-video budget does not handle yet.
-    zspa_modalities = {"image": ("image_grid_thw",)}
-
-    def apply(self, inputs: ProcessorInputs, timing_ctx):
-        request = inputs.hf_processor_mm_kwargs
-        if "video" in inputs.mm_data_items and not request.get(PROFILING):
-            engine = self.info.ctx.get_mm_config().mm_processor_kwargs
-            if config.resolve(request, engine).active:
-                raise ValueError(
-                    f"{config.RATIO_KEY} must be 0 for requests with videos on "
-                    "Qwen3VLForConditionalGeneration: zspa-vllm prunes its images only"
-                )
-        return super().apply(inputs, timing_ctx)
+    # Images only (the family spec): requests with videos and a ratio are refused.
+    zspa_family = QWEN3_VL
 
 
-class _PrunedQwenVL:
-    """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL model classes."""
+class _PrunedQwenVL(PruningModelMixin):
+    """Mixed in before vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL model classes: the M-RoPE
+    position plumbing (the pipeline itself is ``PruningModelMixin``'s)."""
 
     def _zspa_init(self, vllm_config) -> None:
-        selection_metrics.configure(vllm_config)
+        super()._zspa_init(vllm_config)
         arch = next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("vllm."))
         how = f"or set {envs.DISABLE}=1 to run stock vLLM"
         mm = vllm_config.model_config.get_multimodal_config()
@@ -157,18 +127,12 @@ class _PrunedQwenVL:
             raise ValueError(
                 f"zspa-vllm: pruning {arch} with --enable-dbo is not supported; {how}."
             )
-        if getattr(vllm_config.compilation_config, "cudagraph_mm_encoder", False):
-            raise ValueError(
-                f"zspa-vllm: encoder CUDA graphs (cudagraph_mm_encoder) bypass "
-                f"embed_multimodal, where {arch} prunes; turn them off, {how}."
-            )
         sched = vllm_config.scheduler_config
         width = sched.max_num_batched_tokens + sched.max_num_seqs + 1
         # Per-token position offsets of the step being run (see module docstring).
         # Allocated once, on the model's device (vLLM builds the model under it), so
         # its address is fixed for CUDA graphs.
         self._zspa_delta = torch.zeros((3, width), dtype=torch.long)
-        self._zspa_encoder_budget = sched.max_num_encoder_input_tokens
         self._zspa_dirty = 0
 
     # -- positions, when a request arrives -----------------------------------------
@@ -198,81 +162,35 @@ class _PrunedQwenVL:
             )
         ]
 
-    # -- encoder step -------------------------------------------------------------
+    # -- encoder step (the pipeline is PruningModelMixin.embed_multimodal) --------
 
-    def embed_multimodal(self, **kwargs: object):
-        options = {m: ItemOptions.pop(kwargs, m) for m in MODALITIES}
-        if not any(options.values()):
-            embeds = super().embed_multimodal(**kwargs)
-            warm_up(embeds)
-            return embeds
-        embeds: list[torch.Tensor] = []
-        for sub in self._encoder_batches(kwargs):  # (zero-arg super() fails in a comprehension)
-            embeds += super().embed_multimodal(**sub)
-        order = list(dict.fromkeys(_MODALITY_OF_KEY[k] for k in kwargs if k in _MODALITY_OF_KEY))
+    def _zspa_item_tokens(self, media, kwargs) -> list[int]:
+        merge = self.config.vision_config.spatial_merge_size**2
+        return [int(g.prod()) // merge for g in rows(kwargs[media.grid])]
+
+    def _zspa_pack(self, media, kwargs, chunk, kept) -> list[torch.Tensor]:
+        """Kept rows with their grid offsets appended as extra columns (module docstring)."""
         merge = self.config.vision_config.spatial_merge_size
-        out: list[torch.Tensor] = []
-        start = 0
-        for modality in order:
-            grids = rows(kwargs[f"{modality}_grid_thw"])
-            chunk = embeds[start : start + len(grids)]
-            start += len(grids)
-            opts = options[modality]
-            if opts is None:
-                out += chunk
+        grids = rows(kwargs[media.grid])
+        factors = self._t_factors(media.modality, kwargs, len(grids))
+        out = []
+        for emb, rows_kept, grid, t_factor in zip(chunk, kept, grids, factors, strict=True):
+            if len(rows_kept) == emb.shape[0]:  # all kept: stock rows at stock positions
+                out.append(emb)
                 continue
-            factors = self._t_factors(modality, kwargs, len(grids))
-            main = [self._zspa_main(e) for e in chunk]
-            kept_rows = select_rows(main, self.get_language_model().embed_input_ids, opts)
-            for emb, kept, grid, t_factor in zip(chunk, kept_rows, grids, factors, strict=True):
-                if len(kept) == emb.shape[0]:  # all kept: stock rows at stock positions
-                    out.append(emb)
-                    continue
-                t, h, w = (int(x) for x in grid.tolist())
-                offsets = mrope.grid_offsets(t, h // merge, w // merge, t_factor)
-                cols = mrope.encode(torch.from_numpy(offsets)[:, kept.cpu()], emb.dtype)
-                out.append(torch.cat([emb[kept], cols.to(emb.device)], dim=1))
-        assert start == len(embeds), (start, len(embeds))
-        return tuple(out)
+            t, h, w = (int(x) for x in grid.tolist())
+            offsets = mrope.grid_offsets(t, h // merge, w // merge, t_factor)
+            cols = mrope.encode(torch.from_numpy(offsets)[:, rows_kept.cpu()], emb.dtype)
+            out.append(torch.cat([emb[rows_kept], cols.to(emb.device)], dim=1))
+        return out
 
-    def _zspa_main(self, emb: torch.Tensor) -> torch.Tensor:
-        """The columns the LLM input receives (what the selector scores)."""
-        return emb
+    def _zspa_main_width(self) -> int:
+        """Width of the LLM-input columns of an item row (what the selector scores)."""
+        return self.config.text_config.hidden_size
 
     def _zspa_width(self) -> int:
         """Width of one unpruned item row of ``embed_multimodal``."""
-        return self.config.text_config.hidden_size
-
-    def _encoder_batches(self, kwargs: dict):
-        """Split one modality's batch so no vision-tower call sees more unpruned tokens
-        than the encoder budget vLLM profiled memory for.
-
-        vLLM's scheduler fills that budget with *pruned* token counts while the tower runs
-        on full images, so one step may carry several times the profiled load (vLLM's
-        V1 runner encodes EVS videos one at a time for the same reason). Only the plain
-        pixel layout is split; anything else goes through whole.
-        """
-        present = [m for m in MODALITIES if f"{m}_grid_thw" in kwargs]
-        pixels = {"image": "pixel_values", "video": "pixel_values_videos"}
-        if len(present) != 1 or set(kwargs) - _SPLITTABLE or pixels[present[0]] not in kwargs:
-            yield kwargs
-            return
-        modality = present[0]
-        grids = torch.stack(rows(kwargs[f"{modality}_grid_thw"]))
-        patches = grids.prod(-1).tolist()
-        merge = self.config.vision_config.spatial_merge_size**2
-        budget = self._zspa_encoder_budget
-        start, first, used = 0, 0, 0
-        for i, n in enumerate(patches + [None]):
-            if i < len(patches) and (i == first or used + n // merge <= budget):
-                used += n // merge
-                continue
-            stop = start + sum(patches[first:i])
-            sub = {k: _slice_items(v, first, i) for k, v in kwargs.items()}
-            sub[pixels[modality]] = kwargs[pixels[modality]][start:stop]
-            yield sub
-            if i < len(patches):
-                start, first, used = stop, i, n // merge
+        return self._zspa_main_width()
 
     def _t_factors(self, modality: str, kwargs: dict, n: int) -> list[float]:
         """Temporal position step per item, as the parent's ``iter_mm_grid_thw``."""
@@ -329,17 +247,14 @@ class _PrunedQwenVL:
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kw)
 
 
-def _slice_items(value, first: int, stop: int):
-    """Items [first, stop) of a per-item (batched) field; pixels are sliced by the caller."""
-    return value[first:stop] if isinstance(value, (torch.Tensor, list, tuple)) else value
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     PruningQwen2VLProcessor,
     info=Qwen2VLProcessingInfo,
     dummy_inputs=Qwen2VLDummyInputsBuilder,
 )
 class PrunedQwen2VLForConditionalGeneration(_PrunedQwenVL, Qwen2VLForConditionalGeneration):
+    zspa_family = QWEN2_VL
+
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._zspa_init(vllm_config)
@@ -351,6 +266,8 @@ class PrunedQwen2VLForConditionalGeneration(_PrunedQwenVL, Qwen2VLForConditional
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
 class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForConditionalGeneration):
+    zspa_family = QWEN2_5_VL
+
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._zspa_init(vllm_config)
@@ -362,15 +279,17 @@ class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForCondi
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class PrunedQwen3VLForConditionalGeneration(_PrunedQwenVL, Qwen3VLForConditionalGeneration):
-    """Images only (see PruningQwen3VLProcessor). Rows carry the deepstack features of
-    several vision layers after the main embedding; all are kept or dropped together."""
+    """Images only (the family spec). Rows carry the deepstack features of several vision
+    layers after the main embedding; all are kept or dropped together."""
+
+    zspa_family = QWEN3_VL
 
     def __init__(self, *, vllm_config, prefix: str = "model"):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._zspa_init(vllm_config)
 
-    def _zspa_main(self, emb: torch.Tensor) -> torch.Tensor:
-        return emb[:, : self.visual_dim]
+    def _zspa_main_width(self) -> int:
+        return self.visual_dim
 
     def _zspa_width(self) -> int:
         return self.visual_dim + (self.multiscale_dim if self.use_deepstack else 0)

@@ -1,5 +1,13 @@
-"""Worker side of pruning, shared by every model family: read the per-item fields the
-processor attached and select the kept rows of each item's encoder output."""
+"""Worker side of pruning, one pipeline for every model family.
+
+``PruningModelMixin.embed_multimodal`` (the encoder step of every vLLM model runner): pop
+the per-item fields the processor attached -> run the parent's vision tower in sub-batches
+that stay within the encoder budget -> select each item's kept rows (``select_rows``) ->
+pack them by the family's position strategy (1-D: the kept rows; M-RoPE: ``qwen_vl``
+appends each kept token's position offsets). The family spec (``zspa_vllm.families``)
+says which inputs belong to which modality, how to cut them by item and which columns are
+scored; a family class adds only ``_zspa_item_tokens`` (unpruned tokens per item) and, for
+M-RoPE, its position plumbing."""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zspa_vllm import config, envs, greedy_kernel, selectors
+from zspa_vllm import config, envs, families, greedy_kernel, selectors
 from zspa_vllm.pruning import keep_count, peak_extra_bytes
 from zspa_vllm.seam import selection_metrics
 from zspa_vllm.seam.processor import METHOD, OPTION, PRIVATE, PROMPT_IDS, RATIO, field
@@ -108,3 +116,119 @@ def warm_up(embeds: torch.Tensor | Sequence[torch.Tensor]) -> None:
                           device=device)  # fmt: skip
     del reserve
     _warm.add(device)
+
+
+class PruningModelMixin:
+    """Mix in before a vLLM multimodal model class; set ``zspa_family``."""
+
+    zspa_family: families.Family
+
+    def _zspa_init(self, vllm_config) -> None:
+        if getattr(vllm_config.compilation_config, "cudagraph_mm_encoder", False):
+            raise ValueError(
+                f"zspa-vllm: encoder CUDA graphs (cudagraph_mm_encoder) bypass "
+                f"embed_multimodal, where {self.zspa_family.architecture} prunes; turn them "
+                f"off, or set {envs.DISABLE}=1 to run stock vLLM."
+            )
+        selection_metrics.configure(vllm_config)
+        # The encoder tokens vLLM profiled memory for (one step's vision-tower load).
+        self._zspa_encoder_budget = vllm_config.scheduler_config.max_num_encoder_input_tokens
+
+    def embed_multimodal(self, **kwargs: object):
+        family = self.zspa_family
+        options = {m: ItemOptions.pop(kwargs, m) for m in family.modalities}
+        if not any(options.values()):
+            embeds = super().embed_multimodal(**kwargs)
+            warm_up(embeds)
+            return embeds
+        embeds: list[torch.Tensor] = []
+        # A loop: zero-arg super() fails inside a comprehension.
+        for sub in self._zspa_encoder_batches(kwargs):
+            embeds += super().embed_multimodal(**sub)
+        out: list[torch.Tensor] = []
+        start = 0
+        for media in self._zspa_order(kwargs):
+            n = self._zspa_num_items(media, kwargs)
+            chunk = list(embeds[start : start + n])
+            start += n
+            opts = options[media.modality]
+            if opts is None:
+                out += chunk
+                continue
+            scored = [self._zspa_scored(e) for e in chunk]
+            kept = select_rows(scored, self.get_language_model().embed_input_ids, opts)
+            out += self._zspa_pack(media, kwargs, chunk, kept)
+        assert start == len(embeds), (start, len(embeds))
+        return tuple(out)
+
+    # -- what a family may override ------------------------------------------------
+
+    def _zspa_item_tokens(self, media: families.Media, kwargs: dict) -> list[int]:
+        """Unpruned encoder-output tokens of each item of ``media`` in ``kwargs``."""
+        raise NotImplementedError
+
+    def _zspa_scored(self, emb: torch.Tensor) -> torch.Tensor:
+        """The columns the selector scores (``Family.scored``)."""
+        if self.zspa_family.scored == "main":
+            return emb[:, : self._zspa_main_width()]
+        return emb
+
+    def _zspa_main_width(self) -> int:
+        raise NotImplementedError
+
+    def _zspa_pack(self, media, kwargs, chunk, kept) -> list[torch.Tensor]:
+        """1-D positions: the kept rows, in order, fill the item's placeholders."""
+        return [e[k] for e, k in zip(chunk, kept, strict=True)]
+
+    # -- the family-neutral parts --------------------------------------------------
+
+    def _zspa_order(self, kwargs: dict) -> list[families.Media]:
+        """The modalities of ``kwargs`` in the order the parent encodes them (the order
+        of their input keys, as vLLM's models parse them)."""
+        by_key = {k: m for m in self.zspa_family.media for k in m.input_keys}
+        present = dict.fromkeys(by_key[k].modality for k in kwargs if k in by_key)
+        return [self.zspa_family.medium(m) for m in present]
+
+    def _zspa_num_items(self, media: families.Media, kwargs: dict) -> int:
+        if media.grid is not None and media.grid in kwargs:
+            return len(rows(kwargs[media.grid]))
+        key = next(k for k in media.input_keys if k in kwargs)
+        return len(kwargs[key])
+
+    def _zspa_encoder_batches(self, kwargs: dict):
+        """Split one modality's batch so no vision-tower call sees more unpruned tokens
+        than the encoder budget vLLM profiled memory for.
+
+        vLLM's scheduler fills that budget with *pruned* token counts while the tower runs
+        on full items, so one step may carry several times the profiled load (vLLM's V1
+        runner encodes EVS videos one at a time for the same reason). Only inputs the
+        family spec knows how to cut by item are split; anything else goes through whole.
+        An item over the budget on its own runs alone.
+        """
+        present = [m for m in self.zspa_family.media if m.pixels in kwargs]
+        if len(present) != 1 or set(kwargs) - present[0].split_keys:
+            yield kwargs
+            return
+        media = present[0]
+        tokens = self._zspa_item_tokens(media, kwargs)
+        if media.grid is not None:  # pixel rows per item: its patches
+            pixel_rows = [int(g.prod()) for g in rows(kwargs[media.grid])]
+        else:  # one pixel row (an image tensor) per item
+            pixel_rows = [1] * len(tokens)
+        budget = self._zspa_encoder_budget
+        start, first, used = 0, 0, 0
+        for i, n in enumerate([*tokens, None]):
+            if n is not None and (i == first or used + n <= budget):
+                used += n
+                continue
+            stop = start + sum(pixel_rows[first:i])
+            sub = {k: _slice_items(v, first, i) for k, v in kwargs.items()}
+            sub[media.pixels] = kwargs[media.pixels][start:stop]
+            yield sub
+            if n is not None:
+                start, first, used = stop, i, n
+
+
+def _slice_items(value, first: int, stop: int):
+    """Items [first, stop) of a per-item (batched) field; pixels are sliced by the caller."""
+    return value[first:stop] if isinstance(value, (torch.Tensor, list, tuple)) else value

@@ -1,0 +1,155 @@
+"""The model families that prune, as data: one ``Family`` per vLLM architecture.
+
+The family-neutral pipeline in ``zspa_vllm.seam`` reads everything it needs from here:
+which placeholder token stands for an item, which processor outputs count the items,
+which encoder inputs can be split by item (so no vision-tower call exceeds the encoder
+budget vLLM profiled), where an item's patch grid is, which columns of the encoder output
+the selector scores, and which position strategy applies. What is truly a family's own
+(the vLLM classes it extends, how the unpruned token count is computed, the M-RoPE
+plumbing) stays in ``seam/<family>.py``. Pure data: no vLLM import.
+
+Adding a family: README, "Adding a model family".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Media:
+    """One prunable modality of a family. The budget unit is one item (an image, a video).
+
+    Attributes:
+        modality: vLLM's modality name.
+        placeholder: attribute of the HF config holding the token id that stands for one
+            item in the templated prompt (before vLLM expands it to N tokens).
+        item_keys: processed (HF processor) outputs with one row per item, in order of
+            preference: the first present counts the items.
+        pixels: the encoder input of this modality (split by item for the encoder budget).
+        grid: the per-item ``(t, h, w)`` patch grid input; None: every item has the same
+            number of pixel rows (one) and tokens.
+        embeds: the precomputed-embedding input of this modality, if the family takes one.
+        per_item: other inputs with one row per item (sliced with the items).
+    """
+
+    modality: str
+    placeholder: str
+    item_keys: tuple[str, ...]
+    pixels: str
+    grid: str | None = None
+    embeds: str | None = None
+    per_item: tuple[str, ...] = ()
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """The encoder inputs of this modality (the parent model's order decides outputs)."""
+        return tuple(k for k in (self.pixels, self.embeds) if k)
+
+    @property
+    def split_keys(self) -> frozenset[str]:
+        """Inputs the pipeline knows how to cut by item (others: no split)."""
+        return frozenset(k for k in (self.pixels, self.grid, *self.per_item) if k)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One vLLM architecture that prunes.
+
+    Attributes:
+        architecture: vLLM's architecture name, replaced by ``model`` in its registry.
+        model: ``"module:Class"`` of our model class (imported lazily by vLLM).
+        media: the prunable modalities; requests with another modality of this model and
+            a ratio > 0 are refused (naming it), never silently left unpruned.
+        positions: ``"1d"``: kept tokens fill the placeholder positions (plain RoPE);
+            ``"mrope"``: each kept token keeps its unpruned (t, h, w) position.
+        scored: ``"all"``: the selector scores every column of an item's encoder output;
+            ``"main"``: only the LLM-input columns, the rest (Qwen3-VL's deepstack
+            features) ride along with their token.
+        checkpoints: what the README's architecture table lists.
+    """
+
+    architecture: str
+    model: str
+    media: tuple[Media, ...]
+    positions: Literal["1d", "mrope"]
+    scored: Literal["all", "main"] = "all"
+    checkpoints: str = ""
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m.modality for m in self.media)
+
+    def medium(self, modality: str) -> Media:
+        return next(m for m in self.media if m.modality == modality)
+
+
+_QWEN_IMAGE = Media(
+    "image",
+    placeholder="image_token_id",
+    item_keys=("image_grid_thw",),
+    pixels="pixel_values",
+    grid="image_grid_thw",
+    embeds="image_embeds",
+)
+_QWEN_VIDEO = Media(
+    "video",
+    placeholder="video_token_id",
+    item_keys=("video_grid_thw",),
+    pixels="pixel_values_videos",
+    grid="video_grid_thw",
+    embeds="video_embeds",
+    per_item=("second_per_grid_ts", "timestamps"),
+)
+_SEAM = "zspa_vllm.seam"
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "LlavaForConditionalGeneration",
+        f"{_SEAM}.llava:PrunedLlavaForConditionalGeneration",
+        (
+            Media(
+                "image",
+                placeholder="image_token_index",
+                item_keys=("pixel_values", "image_embeds"),
+                pixels="pixel_values",
+                embeds="image_embeds",
+            ),
+        ),
+        positions="1d",
+        checkpoints="LLaVA-1.5, llava-interleave-qwen (CLIP or SigLIP tower)",
+    ),
+    Family(
+        "Qwen2VLForConditionalGeneration",
+        f"{_SEAM}.qwen_vl:PrunedQwen2VLForConditionalGeneration",
+        (_QWEN_IMAGE, _QWEN_VIDEO),
+        positions="mrope",
+        checkpoints="Qwen2-VL",
+    ),
+    Family(
+        "Qwen2_5_VLForConditionalGeneration",
+        f"{_SEAM}.qwen_vl:PrunedQwen2_5_VLForConditionalGeneration",
+        (_QWEN_IMAGE, _QWEN_VIDEO),
+        positions="mrope",
+        checkpoints="Qwen2.5-VL",
+    ),
+    Family(
+        "Qwen3VLForConditionalGeneration",
+        f"{_SEAM}.qwen_vl:PrunedQwen3VLForConditionalGeneration",
+        # Images only: a Qwen3-VL video interleaves per-frame timestamp text with its
+        # frames, which one per-video budget does not handle yet (README, "Qwen3-VL").
+        (_QWEN_IMAGE,),
+        positions="mrope",
+        scored="main",
+        checkpoints="Qwen3-VL (dense)",
+    ),
+)
+
+
+def by_architecture() -> dict[str, Family]:
+    return {f.architecture: f for f in FAMILIES}
+
+
+def get(architecture: str) -> Family:
+    return by_architecture()[architecture]
