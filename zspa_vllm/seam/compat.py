@@ -114,6 +114,8 @@ FACTS: tuple[Fact, ...] = (
        by="zspa_vllm/seam/kv_size.py"),
     _f("vllm.config.model", "ModelConfig.get_head_size", by="zspa_vllm/seam/kv_size.py"),
     _f("vllm.config.model", "ModelConfig.get_sliding_window", by="zspa_vllm/seam/kv_size.py"),
+    _f("vllm.config.scheduler", "SchedulerConfig.max_num_encoder_input_tokens",
+       by="zspa_vllm/seam/worker.py"),
     _f("vllm.distributed.parallel_state", "get_tensor_model_parallel_rank",
        by="zspa_vllm/seam/selection_metrics.py"),
     # The server: online renderer, request checks, media fetching, CLI.
