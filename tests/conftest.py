@@ -64,6 +64,15 @@ def tiny_qwen3_vl(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_vl_moe(tmp_path_factory) -> str:
+    """A random-weight Qwen3-VL-MoE checkpoint: the dense one's shape, 4 experts per layer."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    path = tmp_path_factory.mktemp("qwen3_vl_moe")
+    return str(build_tiny_qwen_vl(path, variant="qwen3_vl_moe"))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

@@ -144,6 +144,14 @@ FAMILIES: tuple[Family, ...] = (
         scored="main",
         checkpoints="Qwen3-VL (dense)",
     ),
+    Family(
+        "Qwen3VLMoeForConditionalGeneration",
+        f"{_SEAM}.qwen3_vl_moe:PrunedQwen3VLMoeForConditionalGeneration",
+        (_QWEN_IMAGE,),  # as the dense Qwen3-VL: images only
+        positions="mrope",
+        scored="main",
+        checkpoints="Qwen3-VL-MoE (30B-A3B, 235B-A22B)",
+    ),
 )
 
 

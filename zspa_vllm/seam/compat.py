@@ -104,6 +104,10 @@ FACTS: tuple[Fact, ...] = (
     _f(_Q3, "Qwen3VLMultiModalProcessor"),
     _f(_Q3, "Qwen3VLProcessingInfo"),
     _f(_Q3, "Qwen3VLDummyInputsBuilder"),
+    _f("vllm.model_executor.models.qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration",
+       by="zspa_vllm/seam/qwen3_vl_moe.py"),
+    _f("vllm.model_executor.models.qwen3_vl_moe", "Qwen3VLMoeProcessingInfo",
+       by="zspa_vllm/seam/qwen3_vl_moe.py"),
     _f("vllm.multimodal.utils", "copy_mm_embedding_modality", by=_MQ),
     # Worker and config helpers.
     _f("vllm.utils.torch_utils", "get_kv_cache_torch_dtype", "cache_dtype", "model_dtype",

@@ -273,20 +273,10 @@ class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForCondi
         self._zspa_init(vllm_config)
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    PruningQwen3VLProcessor,
-    info=Qwen3VLProcessingInfo,
-    dummy_inputs=Qwen3VLDummyInputsBuilder,
-)
-class PrunedQwen3VLForConditionalGeneration(_PrunedQwenVL, Qwen3VLForConditionalGeneration):
-    """Images only (the family spec). Rows carry the deepstack features of several vision
-    layers after the main embedding; all are kept or dropped together."""
-
-    zspa_family = QWEN3_VL
-
-    def __init__(self, *, vllm_config, prefix: str = "model"):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)
+class _PrunedQwen3VL(_PrunedQwenVL):
+    """What Qwen3-VL (dense and MoE) adds: images only (the family spec), and rows that carry
+    the deepstack features of several vision layers after the main embedding; all are kept
+    or dropped together (only the main columns are scored)."""
 
     def _zspa_main_width(self) -> int:
         return self.visual_dim
@@ -310,3 +300,16 @@ class PrunedQwen3VLForConditionalGeneration(_PrunedQwenVL, Qwen3VLForConditional
                 )
             )
         return items
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    PruningQwen3VLProcessor,
+    info=Qwen3VLProcessingInfo,
+    dummy_inputs=Qwen3VLDummyInputsBuilder,
+)
+class PrunedQwen3VLForConditionalGeneration(_PrunedQwen3VL, Qwen3VLForConditionalGeneration):
+    zspa_family = QWEN3_VL
+
+    def __init__(self, *, vllm_config, prefix: str = "model"):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._zspa_init(vllm_config)

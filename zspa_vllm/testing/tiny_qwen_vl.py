@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zspa_vllm.testing.tiny_llava import bpe_tokenizer, sharpen
 
-VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 # 28x28 pixels for Qwen2/2.5-VL, patch 14; 32x32 for Qwen3-VL, patch 16).
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 448 * 448
-PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16, "qwen3_vl_moe": 16}
 
 
 def _tokenizer():
@@ -87,6 +87,8 @@ def build_tiny_qwen_vl(
         Qwen2VLProcessor,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
         Qwen3VLProcessor,
     )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -135,7 +137,7 @@ def build_tiny_qwen_vl(
             Qwen2VLForConditionalGeneration,
             Qwen2VLProcessor,
         )
-    elif variant == "qwen3_vl":
+    elif variant in ("qwen3_vl", "qwen3_vl_moe"):
         text |= {"head_dim": t_hidden // t_heads}
         text["rope_parameters"] |= {"mrope_interleaved": True}
         vision = common | {
@@ -150,6 +152,17 @@ def build_tiny_qwen_vl(
             Qwen3VLForConditionalGeneration,
             Qwen3VLProcessor,
         )
+        if variant == "qwen3_vl_moe":
+            # Every layer sparse: 4 experts, 2 per token (the real checkpoints: 128 and 8).
+            text |= {
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": t_inter // 2,
+                "decoder_sparse_step": 1,
+                "mlp_only_layers": [],
+                "norm_topk_prob": True,
+            }
+            config_cls, model_cls = Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
     else:
         vision = common | {
             "hidden_size": v_hidden,
@@ -183,7 +196,7 @@ def build_tiny_qwen_vl(
     lo, hi = (4 * PATCH[variant]) ** 2, (SCALES[scale]["side"] * PATCH[variant]) ** 2
     pixels = {"min_pixels": lo, "max_pixels": hi, "patch_size": PATCH[variant]}
     size = {"shortest_edge": lo, "longest_edge": hi}
-    video_cls = Qwen3VLVideoProcessor if variant == "qwen3_vl" else Qwen2VLVideoProcessor
+    video_cls = Qwen3VLVideoProcessor if variant.startswith("qwen3") else Qwen2VLVideoProcessor
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessor(size=size, **pixels),
         video_processor=video_cls(size=size, **pixels),
