@@ -55,7 +55,7 @@ def test_our_middleware_without_admission_fails_at_start(tiny_llava, tmp_path):
     """A deployment that lists the usage middleware but drops admission does not start."""
     others = [f"--middleware={m}" for m in cli.MIDDLEWARE if m != ADMISSION]
     log = tmp_path / "vllm-serve.log"
-    with pytest.raises(RuntimeError, match="server exited") as err:
+    with pytest.raises(RuntimeError, match="server exited"):
         proc, _ = start_server(tiny_llava, log, *others, launcher=VLLM_SERVE)
         stop_server(proc)  # only reached if it started: the test then fails
-    assert f"PruningUsageMiddleware needs --middleware={ADMISSION}" in str(err.value)
+    assert f"PruningUsageMiddleware needs --middleware={ADMISSION}" in log.read_text()

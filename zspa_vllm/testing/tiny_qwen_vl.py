@@ -157,7 +157,9 @@ def build_tiny_qwen_vl(
             text |= {
                 "num_experts": 4,
                 "num_experts_per_tok": 2,
-                "moe_intermediate_size": t_inter // 2,
+                # Neither it nor twice it is the hidden size: transformers tells the two expert
+                # layouts apart by shape.
+                "moe_intermediate_size": 3 * t_inter // 8,
                 "decoder_sparse_step": 1,
                 "mlp_only_layers": [],
                 "norm_topk_prob": True,
@@ -191,6 +193,8 @@ def build_tiny_qwen_vl(
     if scale == "tiny":
         sharpen(model, vision="visual")
     model.save_pretrained(path)
+    if variant == "qwen3_vl_moe":
+        _official_expert_layout(path)
 
     # Images from (4 patches)^2 to (side patches)^2: MIN_PIXELS / MAX_PIXELS at patch 14, tiny.
     lo, hi = (4 * PATCH[variant]) ** 2, (SCALES[scale]["side"] * PATCH[variant]) ** 2
@@ -206,6 +210,20 @@ def build_tiny_qwen_vl(
     processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _official_expert_layout(path: Path) -> None:
+    """Store the fused experts as Qwen's released checkpoints do ([E, hidden, 2 x inter] and
+    [E, inter, hidden], what vLLM loads); transformers 5 saves its own in-memory layout
+    (transposed) and accepts either on load (it compares shapes)."""
+    from safetensors.torch import load_file, save_file
+
+    for shard in path.glob("*.safetensors"):
+        tensors = load_file(shard)
+        for key, value in tensors.items():
+            if key.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+                tensors[key] = value.transpose(1, 2).contiguous()
+        save_file(tensors, shard, metadata={"format": "pt"})
 
 
 if __name__ == "__main__":
