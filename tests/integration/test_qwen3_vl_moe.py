@@ -3,84 +3,82 @@
 Its vision side, M-RoPE layout and pruning code path are the dense Qwen3-VL's
 (test_qwen3_vl.py covers them in depth); here one MoE checkpoint runs the main bar: exact
 prompt lengths, logprobs against the independent HF pipeline (with a control that must
-differ), ratio 0 equal to the plugin disabled, a mixed batch, and videos refused."""
+differ), ratio 0 equal to the plugin disabled, a mixed batch, and videos refused.
+
+The engine runs in its own process (``tests.support.qwen.run_batches``): vLLM's parallel
+groups are process-global, and a MoE engine created after the session's dense engines finds
+no expert-parallel group."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.support.engine import engine_kwargs
-from tests.support.qwen import (
-    CASES,
-    IMG,
-    VID,
-    chat,
-    generate,
-    hf_reference,
-    qimage,
-    qrequest,
-    qvideo,
-    run_isolated,
-    signature,
-    visual_tokens,
-)
+from tests.support.engine import run_fresh
+from tests.support.qwen import CASES, IMG, VID, chat, hf_reference, qimage, run_batches
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 V = "qwen3_vl_moe"
+RATIOS = (0.0, 0.5, 0.75, 0.9)
+TWO = CASES["two images"]
+MIXED = [
+    [chat(IMG, f"q{i}"), [[50 + i, 420, 280]], [], {"prune_ratio": r, "prune_method": m}]
+    for i, (r, m) in enumerate([(0.0, "zspa"), (0.5, "divprune"), (0.9, "zspa")])
+]
+STOCK = [
+    [chat(IMG, "what is in this image?"), [[41, 420, 280]], [], {}],
+    [chat(VID, "v"), [], [42], {}],
+]
+HF_IMAGES = [list(s) for s in TWO[1]]
+LENGTH_IMAGE = [[40, 480, 320]]  # N = 15 x 10 = 150 tokens
+BATCHES = {
+    **{f"hf {r}": [[TWO[0], HF_IMAGES, [], {"prune_ratio": r}]] for r in (0.5, 0.9)},
+    **{f"length {r}": [[chat(IMG, "what?"), LENGTH_IMAGE, [], {"prune_ratio": r}]] for r in RATIOS},
+    "mixed": MIXED,
+    **{f"single {i}": [req] for i, req in enumerate(MIXED)},
+    "stock": STOCK,
+    "video": [[chat(VID, "what?"), [], [43], {"prune_ratio": 0.5}]],
+}
 
 
-@pytest.fixture(scope="session")
-def moe(tiny_qwen3_vl_moe):
-    from vllm import LLM
-
-    return LLM(**engine_kwargs(tiny_qwen3_vl_moe, limit_mm_per_prompt={"image": 4, "video": 2}))
+@pytest.fixture(scope="module")
+def runs(tiny_qwen3_vl_moe) -> dict:
+    return run_fresh(run_batches, {"model": tiny_qwen3_vl_moe, "variant": V, "batches": BATCHES})
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
-def test_matches_hf_with_positions_of_the_unpruned_prompt(moe, tiny_qwen3_vl_moe, ratio):
-    text, specs = CASES["two images"]
-    images = [qimage(s, w, h) for s, w, h in specs]
-    (out,) = generate(moe, qrequest(V, text, images, prune_ratio=ratio))
+def test_matches_hf_with_positions_of_the_unpruned_prompt(runs, tiny_qwen3_vl_moe, ratio):
+    ((ids, (_, tokens, _), got),) = runs[f"hf {ratio}"]
+    images = [qimage(s, w, h) for s, w, h in TWO[1]]
     ref = {"ratio": ratio, "select": pruning.zspa_select}
-    want, tokens, ids = hf_reference(tiny_qwen3_vl_moe, V, text, images, **ref)
-    assert list(out.prompt_token_ids) == ids
-    got = out.outputs[0].logprobs[0]
-    for token, lp in got.items():
-        assert lp.logprob == pytest.approx(float(want[token]), abs=1e-3)
-    assert list(out.outputs[0].token_ids) == tokens
+    want, want_tokens, want_ids = hf_reference(tiny_qwen3_vl_moe, V, TWO[0], images, **ref)
+    assert ids == want_ids
+    for token, logprob in got.items():
+        assert logprob == pytest.approx(float(want[int(token)]), abs=1e-3)
+    assert tokens == want_tokens
     control = {"ratio": ratio, "select": pruning.uniform_select}  # same count, other tokens
-    other = hf_reference(tiny_qwen3_vl_moe, V, text, images, **control)
-    assert max(abs(lp.logprob - float(other[0][t])) for t, lp in got.items()) > 1e-2
+    other = hf_reference(tiny_qwen3_vl_moe, V, TWO[0], images, **control)[0]
+    assert max(abs(lp - float(other[int(t)])) for t, lp in got.items()) > 1e-2
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9])
-def test_prompt_length(moe, ratio):
-    req = qrequest(V, chat(IMG, "what?"), [qimage(40, 480, 320)], prune_ratio=ratio)
-    (out,) = generate(moe, req)
-    assert visual_tokens(out.prompt_token_ids) == pruning.keep_count(150, ratio)
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_prompt_length(runs, ratio):
+    from tests.support.qwen import visual_tokens
+
+    ((ids, _, _),) = runs[f"length {ratio}"]
+    assert visual_tokens(ids) == pruning.keep_count(150, ratio)
 
 
-def test_ratio_zero_equals_plugin_disabled_and_mixed_batch(moe, tiny_qwen3_vl_moe):
-    specs = [[chat(IMG, "what is in this image?"), [41], [], {}], [chat(VID, "v"), [], [42], {}]]
-    stock = run_isolated(tiny_qwen3_vl_moe, V, {"ZSPA_DISABLE": "1"}, specs)
-    reqs = [
-        qrequest(V, t, [qimage(s) for s in i], [qvideo(s) for s in v], **kw)
-        for t, i, v, kw in specs
-    ]
-    assert [json.loads(json.dumps(signature(o))) for o in generate(moe, *reqs)] == stock
-    mixed = [
-        qrequest(V, chat(IMG, f"q{i}"), [qimage(50 + i)], prune_ratio=r, prune_method=m)
-        for i, (r, m) in enumerate([(0.0, "zspa"), (0.5, "divprune"), (0.9, "zspa")])
-    ]
-    singles = [signature(generate(moe, r)[0]) for r in mixed]
-    assert [signature(o) for o in generate(moe, *mixed)] == singles
+def test_mixed_batch_equals_single_runs(runs):
+    singles = [runs[f"single {i}"][0][1] for i in range(len(MIXED))]
+    assert [sig for _, sig, _ in runs["mixed"]] == singles
 
 
-def test_video_with_a_ratio_is_refused(moe):
-    with pytest.raises(ValueError, match="prune_ratio must be 0 for requests with video"):
-        generate(moe, qrequest(V, chat(VID, "what?"), videos=[qvideo(43)], prune_ratio=0.5))
-    (out,) = generate(moe, qrequest(V, chat(IMG, "what?"), [qimage(44)], prune_ratio=0.5))
-    assert visual_tokens(out.prompt_token_ids) > 0
+def test_ratio_zero_equals_plugin_disabled(runs, tiny_qwen3_vl_moe):
+    payload = {"model": tiny_qwen3_vl_moe, "variant": V, "batches": {"stock": STOCK}}
+    stock = run_fresh(run_batches, payload, {"ZSPA_DISABLE": "1"})["stock"]
+    assert [r[:2] for r in runs["stock"]] == [r[:2] for r in stock]
+
+
+def test_video_with_a_ratio_is_refused(runs):
+    assert "prune_ratio must be 0 for requests with video" in runs["video"]["error"]

@@ -225,3 +225,38 @@ def generate_requests(payload: dict) -> list:
         for t, i, v, kw in payload["specs"]
     ]
     return [signature(o) for o in generate(llm, *reqs)]
+
+
+def run_batches(payload: dict) -> dict:
+    """For ``run_fresh``: one engine on ``payload["model"]``, then each named batch of
+    ``[text, [[seed, w, h]...] images, [seed...] videos, options]`` requests generated
+    together. Per batch: ``[prompt ids, signature, {token: first-step logprob}]`` per
+    request, or ``{"error": message}`` if the batch was refused.
+
+    For models that must not share a process with other engines (vLLM's parallel groups
+    are process-global: a MoE engine after a dense one finds no expert-parallel group)."""
+    from vllm import LLM
+
+    from tests.support.engine import engine_kwargs
+
+    llm = LLM(**engine_kwargs(payload["model"], limit_mm_per_prompt={"image": 4, "video": 2}))
+    variant, out = payload["variant"], {}
+    for name, specs in payload["batches"].items():
+        reqs = [
+            qrequest(variant, t, [qimage(*s) for s in i], [qvideo(s) for s in v], **kw)
+            for t, i, v, kw in specs
+        ]
+        try:
+            outs = generate(llm, *reqs)
+        except ValueError as exc:
+            out[name] = {"error": str(exc)}
+            continue
+        out[name] = [
+            [
+                list(o.prompt_token_ids),
+                signature(o),
+                {t: lp.logprob for t, lp in o.outputs[0].logprobs[0].items()},
+            ]
+            for o in outs
+        ]
+    return out
