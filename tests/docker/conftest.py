@@ -154,6 +154,11 @@ def engine() -> Engine:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # dockerd leaves its default network namespace mounted under its exec root.
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1]
+            if target.startswith(f"{run_dir}/"):
+                subprocess.run(["umount", "-l", target], check=False)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -164,7 +169,9 @@ def base_image(engine: Engine, tmp_path_factory) -> str:
         return BASE_IMAGE
     debootstrap = tool("debootstrap", "/usr/sbin/debootstrap")
     mirror = os.environ.get("ZSPA_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-    rootfs = tmp_path_factory.mktemp("rootfs")
+    # A directory debootstrap creates (0755): the image's / gets this directory's mode, and
+    # mktemp's 0700 would lock every non-root user out of the whole filesystem.
+    rootfs = tmp_path_factory.mktemp("base") / "rootfs"
     start = time.monotonic()
     run(
         [
@@ -181,6 +188,7 @@ def base_image(engine: Engine, tmp_path_factory) -> str:
         for path in (rootfs / junk).glob("*"):
             if path.is_file():
                 path.unlink()
+    rootfs.chmod(0o755)
     tar = subprocess.Popen(
         ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
     )
@@ -197,7 +205,7 @@ def base_image(engine: Engine, tmp_path_factory) -> str:
         stdin=tar.stdout,
     )
     assert tar.wait() == 0
-    shutil.rmtree(rootfs)
+    shutil.rmtree(rootfs.parent)
     engine.measure("base: debootstrap+import", start)
     return BASE_IMAGE
 

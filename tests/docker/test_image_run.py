@@ -57,26 +57,11 @@ def test_cpu_image_serves_pruned_requests_as_uid_10001_and_stops_on_sigterm(
     start = time.monotonic()
     # The image's own entrypoint and flags as in docker/docker-compose.cpu.yml, with the model
     # mounted (no hub); --ipc=host as the compose file has it (vLLM needs >64 MiB of /dev/shm).
-    engine.docker(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network=host",
-        "--ipc=host",
-        "-v",
-        f"{tiny_model}:/models/tiny:ro",
-        "-e",
-        "VLLM_CPU_KVCACHE_SPACE=1",
-        cpu_image,
-        "/models/tiny",
-        "--host=127.0.0.1",
-        f"--port={PORT}",
-        "--dtype=bfloat16",
-        "--max-model-len=8192",
-        "--prune-ratio=0.5",
-    )
+    args = ["--name", name, "--network=host", "--ipc=host", "-e", "VLLM_CPU_KVCACHE_SPACE=1"]
+    args += ["-v", f"{tiny_model}:/models/tiny:ro", cpu_image, "/models/tiny"]
+    args += ["--host=127.0.0.1", f"--port={PORT}", "--dtype=bfloat16", "--max-model-len=8192"]
     try:
+        engine.docker("run", "-d", *args, "--prune-ratio=0.5")
         created = time.monotonic() - start  # vfs copies the image into the container's layer
         healthy = wait_healthy(engine, name, timeout=900)
         engine.measure("run: create+healthy", start)

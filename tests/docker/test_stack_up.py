@@ -60,7 +60,7 @@ def test_compose_up_serves_and_prometheus_scrapes_zspa(
     try:
         # The images exist (built by the fixtures): nothing to build or pull.
         engine.compose(*files, "up", "-d", "--no-build", "--pull=never", env=env)
-        ids = engine.compose(*files, "ps", "-q", env=env).stdout.split()
+        ids = engine.compose(*files, "ps", "-a", "-q", env=env).stdout.split()
         names = {
             engine.inspect(i)["Config"]["Labels"]["com.docker.compose.service"]: i for i in ids
         }
