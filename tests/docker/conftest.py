@@ -117,7 +117,7 @@ def engine() -> Engine:
     data_root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="zspa-dockerd-"))  # short: socket paths
     sock = run_dir / "docker.sock"
-    log = data_root.parent / f"{data_root.name}-dockerd.log"
+    log = data_root / "dockerd.log"
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "DOCKER_BUILDKIT": "1"}
     env.pop("DOCKER_CONTEXT", None)
     start = time.monotonic()
