@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,6 +11,14 @@ _passed = 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The Docker tests start their own Docker engine and build a 7 GB image (~15 min): they run
+    # only when asked for, by `-m docker` or ZSPA_DOCKER_TESTS=1 (as scripts/test-docker does).
+    asked = "docker" in (config.option.markexpr or "") or os.environ.get("ZSPA_DOCKER_TESTS")
+    if not asked:
+        skip_docker = pytest.mark.skip(reason="Docker engine test: run scripts/test-docker")
+        for item in items:
+            if item.get_closest_marker("docker"):
+                item.add_marker(skip_docker)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,0 +1,98 @@
+"""docker/Dockerfile.cpu built and run for real: healthy, a pruned request, uid 10001, SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from tests.docker.conftest import PORT, Engine, port_is_free, wait_healthy
+from zspa_vllm.pruning import keep_count
+
+pytestmark = pytest.mark.docker
+
+VISUAL = 729  # SigLIP 384/14: 27 x 27 patches, all kept by the llava-interleave shape
+STOP_GRACE = 10  # `docker stop`'s default: SIGTERM, then SIGKILL after this many seconds
+
+
+def data_url(seed: int) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat(model: str, **extra) -> dict:
+    """One chat completion with an image through the official client; the usage object."""
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="unused")
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_url(0)}},
+                    {"type": "text", "text": "what is in this image?"},
+                ],
+            }
+        ],
+        max_tokens=4,
+        temperature=0.0,
+        extra_body=extra or None,
+    )
+    return reply.usage.model_dump()
+
+
+def test_cpu_image_serves_pruned_requests_as_uid_10001_and_stops_on_sigterm(
+    engine: Engine, cpu_image: str, tiny_model
+):
+    name = "zspa-test-cpu"
+    engine.docker("rm", "-f", name, check=False)
+    assert port_is_free(PORT), f"port {PORT} is taken on this machine"
+    start = time.monotonic()
+    # The image's own entrypoint and flags as in docker/docker-compose.cpu.yml, with the model
+    # mounted (no hub); --ipc=host as the compose file has it (vLLM needs >64 MiB of /dev/shm).
+    args = ["--name", name, "--network=host", "--ipc=host", "-e", "VLLM_CPU_KVCACHE_SPACE=1"]
+    args += ["-v", f"{tiny_model}:/models/tiny:ro", cpu_image, "/models/tiny"]
+    args += ["--host=127.0.0.1", f"--port={PORT}", "--dtype=bfloat16", "--max-model-len=8192"]
+    try:
+        engine.docker("run", "-d", *args, "--prune-ratio=0.5")
+        created = time.monotonic() - start  # vfs copies the image into the container's layer
+        healthy = wait_healthy(engine, name, timeout=900)
+        engine.measure("run: create+healthy", start)
+        print(f"container created in {created:.0f} s, healthy {healthy:.0f} s later")
+
+        # The server process (PID 1: exec-form ENTRYPOINT) runs as the image's uid 10001.
+        status = engine.docker("exec", name, "cat", "/proc/1/status").stdout
+        uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+        assert uids == ["10001"] * 4, status
+        assert "zspa-serve" in engine.docker("exec", name, "cat", "/proc/1/cmdline").stdout
+
+        full = chat("/models/tiny", prune_ratio=0.0)
+        assert (full["visual_tokens_before"], full["visual_tokens_after"]) == (VISUAL, VISUAL)
+        default = chat("/models/tiny")  # the server's --prune-ratio=0.5
+        assert default["visual_tokens_after"] == keep_count(VISUAL, 0.5)
+        pruned = chat("/models/tiny", prune_ratio=0.75)
+        assert pruned["visual_tokens_before"] == VISUAL
+        assert pruned["visual_tokens_after"] == keep_count(VISUAL, 0.75)
+        assert pruned["prompt_tokens"] == full["prompt_tokens"] - VISUAL + keep_count(VISUAL, 0.75)
+
+        stop = time.monotonic()
+        engine.docker("stop", f"--time={STOP_GRACE}", name)
+        stopped = time.monotonic() - stop
+        state = engine.inspect(name)["State"]
+        # Exit 0 well inside the grace period: SIGTERM shut it down, no SIGKILL (137) needed.
+        assert state["ExitCode"] == 0, state
+        assert stopped < STOP_GRACE - 1, f"stop took {stopped:.1f} s"
+        print(f"stopped on SIGTERM in {stopped:.1f} s")
+    except BaseException:
+        logs = engine.docker("logs", "--tail", "80", name, check=False)
+        print(logs.stdout[-8000:], logs.stderr[-8000:])
+        raise
+    finally:
+        engine.docker("rm", "-f", name, check=False)  # frees its ~13 GB (vfs) for compose
