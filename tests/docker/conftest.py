@@ -21,25 +21,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.docker import MEASURED, ROOT, Engine, run, tool
+
 HERE = Path(__file__).resolve().parent
 BASE_PACKAGES = "python3,python3-venv,python3-dev"  # what docker/Dockerfile.cpu asks of a base
 BASE_IMAGE = "zspa-test/base:bookworm-" + BASE_PACKAGES.replace(",", "-")
 CPU_IMAGE = "zspa-vllm:cpu"  # the tag docker/docker-compose.cpu.yml runs
 PROMETHEUS_IMAGE = "zspa-test/prometheus:debian"
-PORT = 8000  # the images' port (HEALTHCHECK, compose); containers use the host's network
-
-# Phase -> (seconds, data-root bytes after it), printed at the end of the run.
-MEASURED: dict[str, tuple[float, int]] = {}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -47,61 +42,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("docker phases (wall time, engine data root after)")
         for phase, (seconds, size) in MEASURED.items():
             terminalreporter.line(f"{phase:<24} {seconds:7.1f} s   {size / 2**30:6.1f} GiB")
-
-
-@dataclass
-class Engine:
-    """The private dockerd; ``docker()`` and ``compose()`` talk to it."""
-
-    data_root: Path
-    env: dict[str, str]
-    docker_cli: str
-
-    def docker(self, *args: str, check: bool = True, timeout: float = 1800, **kw):
-        return run([self.docker_cli, *args], env=self.env, check=check, timeout=timeout, **kw)
-
-    def compose(self, *args: str, env: dict[str, str], check: bool = True, timeout=900):
-        return run(
-            [tool("docker-compose"), *args], env={**self.env, **env}, check=check, timeout=timeout
-        )
-
-    def has_image(self, ref: str) -> bool:
-        return self.docker("image", "inspect", ref, check=False).returncode == 0
-
-    def inspect(self, container: str) -> dict:
-        return json.loads(self.docker("inspect", container).stdout)[0]
-
-    def size(self) -> int:
-        out = subprocess.run(["du", "-sxb", str(self.data_root)], capture_output=True, text=True)
-        return int(out.stdout.split()[0]) if out.returncode == 0 else -1
-
-    def measure(self, phase: str, start: float) -> None:
-        MEASURED[phase] = (time.monotonic() - start, self.size())
-
-
-def run(cmd, *, env=None, check=True, timeout=1800, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout, **kw
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout[-4000:]}\n"
-            f"{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def tool(name: str, *candidates: str) -> str:
-    for path in (*candidates, shutil.which(name, path=f"{ROOT}/.venv/bin:{os.environ['PATH']}")):
-        if path and os.access(path, os.X_OK):
-            return path
-    pytest.fail(f"{name} is not installed: run scripts/test-docker (it installs what it needs)")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="session")
@@ -260,20 +200,3 @@ def tiny_model(tmp_path_factory) -> Path:
     for p in (path, *path.iterdir()):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return path
-
-
-def wait_healthy(engine: Engine, container: str, timeout: float) -> float:
-    """Seconds until the container's HEALTHCHECK says healthy; fails on exit or timeout."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        state = engine.inspect(container)["State"]
-        if state.get("Health", {}).get("Status") == "healthy":
-            return time.monotonic() - start
-        if state["Status"] in ("exited", "dead") or state.get("Restarting"):
-            break
-        time.sleep(2)
-    logs = engine.docker("logs", "--tail", "60", container, check=False)
-    pytest.fail(
-        f"{container} not healthy: {engine.inspect(container)['State']}\n"
-        f"{logs.stdout[-6000:]}{logs.stderr[-6000:]}"
-    )

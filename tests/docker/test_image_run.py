@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 
-import numpy as np
-import openai
 import pytest
-from PIL import Image
 
-from tests.docker.conftest import PORT, Engine, port_is_free, wait_healthy
+from tests.support.docker import PORT, VISUAL, Engine, chat, port_is_free, wait_healthy
 from zspa_vllm.pruning import keep_count
 
 pytestmark = pytest.mark.docker
 
-VISUAL = 729  # SigLIP 384/14: 27 x 27 patches, all kept by the llava-interleave shape
 STOP_GRACE = 10  # `docker stop`'s default: SIGTERM, then SIGKILL after this many seconds
-
-
-def data_url(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, (384, 384, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def chat(model: str, **extra) -> dict:
-    """One chat completion with an image through the official client; the usage object."""
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="unused")
-    reply = client.chat.completions.create(
-        model=model,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": data_url(0)}},
-                    {"type": "text", "text": "what is in this image?"},
-                ],
-            }
-        ],
-        max_tokens=4,
-        temperature=0.0,
-        extra_body=extra or None,
-    )
-    return reply.usage.model_dump()
 
 
 def test_cpu_image_serves_pruned_requests_as_uid_10001_and_stops_on_sigterm(

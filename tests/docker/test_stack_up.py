@@ -8,8 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.docker.conftest import PORT, ROOT, Engine, port_is_free, wait_healthy
-from tests.docker.test_image_run import VISUAL, chat
+from tests.support.docker import PORT, ROOT, VISUAL, Engine, chat, port_is_free, wait_healthy
 from zspa_vllm.pruning import keep_count
 
 pytestmark = pytest.mark.docker
