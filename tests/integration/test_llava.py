@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.support.engine import image, request, run_fresh
+from tests.support.engine import image, request, run_fresh, tower_probe
 from tests.support.llava import (
     QUESTION,
     RATIOS,
@@ -223,19 +223,6 @@ def test_warm_up_takes_stacked_or_listed_embeds():
         warm_up(embeds)  # on the CPU a no-op, never an error
 
 
-def _tower_calls(model, budget: int | None):
-    """Set the encoder budget and count vision-tower calls (None: undo, return count)."""
-    if budget is not None:
-        model._probe = (model._zspa_encoder_budget, [])
-        model._zspa_encoder_budget = budget
-        original = model.vision_tower.forward
-        model.vision_tower.forward = lambda *a, **k: model._probe[1].append(1) or original(*a, **k)
-        return 0
-    del model.vision_tower.forward  # back to the class's method
-    model._zspa_encoder_budget, calls = model._probe
-    return len(calls)
-
-
 def test_vision_tower_runs_within_the_encoder_budget(llm):
     """vLLM's scheduler admits images by their pruned count, so one step may hold more full
     images than the profiled encoder budget: the tower then runs on sub-batches, with the
@@ -249,11 +236,13 @@ def test_vision_tower_runs_within_the_encoder_budget(llm):
     for budget, core in ((576, 0.6), (10**6, 0.5)):
         req = request("compare the three pictures", *images, prune_ratio=0.9,
                       prune_method="divprune", prune_core_ratio=core)  # fmt: skip
-        llm.apply_model(functools.partial(_tower_calls, budget=budget))
+        llm.apply_model(functools.partial(tower_probe, tower="vision_tower", budget=budget))
         try:
             (out,) = generate(llm, req)
         finally:
-            (calls,) = llm.apply_model(functools.partial(_tower_calls, budget=None))
+            (calls,) = llm.apply_model(
+                functools.partial(tower_probe, tower="vision_tower", budget=None)
+            )
         runs.append((calls, signature(out), image_tokens(out.prompt_token_ids)))
     (split_calls, split, n_split), (whole_calls, whole, n_whole) = runs
     assert (split_calls, whole_calls) == (3, 1)

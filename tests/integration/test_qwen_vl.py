@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from tests.support.engine import engine_kwargs, fresh_process, start_engine
+from tests.support.engine import engine_kwargs, fresh_process, start_engine, tower_probe
 from tests.support.qwen import (
     CASES,
     IMG,
@@ -248,28 +248,15 @@ def test_encoder_batches_stay_within_the_budget():
     assert len(list(Fake()._zspa_encoder_batches(kwargs | {"other": grids}))) == 1
 
 
-def _tower_probe(model, budget: int | None):
-    """Set the encoder budget and count vision-tower calls (None: undo, return count)."""
-    if budget is not None:
-        model._probe = (model._zspa_encoder_budget, [])
-        model._zspa_encoder_budget = budget
-        original = model.visual.forward
-        model.visual.forward = lambda *a, **k: model._probe[1].append(1) or original(*a, **k)
-        return 0
-    del model.visual.forward  # back to the class's method
-    model._zspa_encoder_budget, calls = model._probe
-    return len(calls)
-
-
 def test_vision_tower_split_by_budget_matches_hf(qwen):
     variant, path, llm = qwen
     text = CASES["two images"][0]
     images = [qimage(50, 448, 280), qimage(51, 224, 336)]
-    llm.apply_model(functools.partial(_tower_probe, budget=1))
+    llm.apply_model(functools.partial(tower_probe, tower="visual", budget=1))
     try:
         (out,) = generate(llm, qrequest(variant, text, images, prune_ratio=0.75))
     finally:
-        (calls,) = llm.apply_model(functools.partial(_tower_probe, budget=None))
+        (calls,) = llm.apply_model(functools.partial(tower_probe, tower="visual", budget=None))
     assert calls == 2  # both images were scheduled in one step, encoded one at a time
     want, tokens, ids = hf_reference(
         path, variant, text, images, ratio=0.75, select=pruning.zspa_select

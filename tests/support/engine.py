@@ -84,3 +84,18 @@ def greedy(n: int = 4, logprobs: int = 5):
     from vllm import SamplingParams
 
     return SamplingParams(max_tokens=n, temperature=0.0, logprobs=logprobs)
+
+
+def tower_probe(model, tower: str, budget: int | None) -> int:
+    """For ``llm.apply_model``: set the encoder budget and count calls of ``model.<tower>``
+    (``budget=None``: undo both and return the count)."""
+    module = getattr(model, tower)
+    if budget is not None:
+        model._probe = (model._zspa_encoder_budget, [])
+        model._zspa_encoder_budget = budget
+        original = module.forward
+        module.forward = lambda *a, **k: model._probe[1].append(1) or original(*a, **k)
+        return 0
+    del module.forward  # back to the class's method
+    model._zspa_encoder_budget, calls = model._probe
+    return len(calls)
