@@ -64,10 +64,6 @@ def _build_processor(info, dummy_inputs):
 class PrunedLlavaForConditionalGeneration(PruningModelMixin, LlavaForConditionalGeneration):
     zspa_family = FAMILY
 
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)
-
     def _zspa_item_tokens(self, media, kwargs) -> list[int]:
         # For the encoder-budget split: every image has the tower's full patch grid
         # (LLaVA resizes to it); "full" feature selection keeps CLIP's CLS token too.

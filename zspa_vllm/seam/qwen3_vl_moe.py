@@ -32,7 +32,3 @@ class PruningQwen3VLMoeProcessor(_QwenPruningProcessor, Qwen3VLMultiModalProcess
 )
 class PrunedQwen3VLMoeForConditionalGeneration(_PrunedQwen3VL, Qwen3VLMoeForConditionalGeneration):
     zspa_family = FAMILY
-
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)

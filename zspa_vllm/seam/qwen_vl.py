@@ -255,10 +255,6 @@ class _PrunedQwenVL(PruningModelMixin):
 class PrunedQwen2VLForConditionalGeneration(_PrunedQwenVL, Qwen2VLForConditionalGeneration):
     zspa_family = QWEN2_VL
 
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)
-
 
 @MULTIMODAL_REGISTRY.register_processor(
     PruningQwen2_5_VLProcessor,
@@ -267,10 +263,6 @@ class PrunedQwen2VLForConditionalGeneration(_PrunedQwenVL, Qwen2VLForConditional
 )
 class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForConditionalGeneration):
     zspa_family = QWEN2_5_VL
-
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)
 
 
 class _PrunedQwen3VL(_PrunedQwenVL):
@@ -309,7 +301,3 @@ class _PrunedQwen3VL(_PrunedQwenVL):
 )
 class PrunedQwen3VLForConditionalGeneration(_PrunedQwen3VL, Qwen3VLForConditionalGeneration):
     zspa_family = QWEN3_VL
-
-    def __init__(self, *, vllm_config, prefix: str = "model"):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._zspa_init(vllm_config)

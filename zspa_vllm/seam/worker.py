@@ -123,6 +123,11 @@ class PruningModelMixin:
 
     zspa_family: families.Family
 
+    # vLLM builds a model as cls(vllm_config=..., prefix=...) only when __init__ names both.
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._zspa_init(vllm_config)
+
     def _zspa_init(self, vllm_config) -> None:
         if getattr(vllm_config.compilation_config, "cudagraph_mm_encoder", False):
             raise ValueError(
