@@ -83,6 +83,14 @@ def tiny_qwen3_vl_moe(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> str:
+    """A random-weight Gemma 3 checkpoint (SigLIP pooled to 64 soft tokens, sliding window)."""
+    from zspa_vllm.testing.tiny_gemma3 import build_tiny_gemma3
+
+    return str(build_tiny_gemma3(tmp_path_factory.mktemp("gemma3")))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

@@ -28,8 +28,9 @@ class Media:
         item_keys: processed (HF processor) outputs with one row per item, in order of
             preference: the first present counts the items.
         pixels: the encoder input of this modality (split by item for the encoder budget).
-        grid: the per-item ``(t, h, w)`` patch grid input; None: every item has the same
-            number of pixel rows (one) and tokens.
+        grid: the per-item ``(t, h, w)`` patch grid input; None: see ``rows``.
+        rows: without a grid, the input holding each item's number of pixel rows (Gemma 3:
+            ``num_patches``, the image and its pan-and-scan crops); None: one row per item.
         embeds: the precomputed-embedding input of this modality, if the family takes one.
         per_item: other inputs with one row per item (sliced with the items).
     """
@@ -39,6 +40,7 @@ class Media:
     item_keys: tuple[str, ...]
     pixels: str
     grid: str | None = None
+    rows: str | None = None
     embeds: str | None = None
     per_item: tuple[str, ...] = ()
 
@@ -50,7 +52,7 @@ class Media:
     @property
     def split_keys(self) -> frozenset[str]:
         """Inputs the pipeline knows how to cut by item (others: no split)."""
-        return frozenset(k for k in (self.pixels, self.grid, *self.per_item) if k)
+        return frozenset(k for k in (self.pixels, self.grid, self.rows, *self.per_item) if k)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,21 @@ FAMILIES: tuple[Family, ...] = (
         positions="mrope",
         scored="main",
         checkpoints="Qwen3-VL-MoE (30B-A3B, 235B-A22B)",
+    ),
+    Family(
+        "Gemma3ForConditionalGeneration",
+        f"{_SEAM}.gemma3:PrunedGemma3ForConditionalGeneration",
+        (
+            Media(
+                "image",
+                placeholder="boi_token_index",  # <start_of_image>, expanded by vLLM
+                item_keys=("num_patches",),  # one row per image (pixel rows: + crops)
+                pixels="pixel_values",
+                rows="num_patches",
+            ),
+        ),
+        positions="1d",
+        checkpoints="Gemma 3 (4B, 12B, 27B; with or without pan-and-scan)",
     ),
 )
 

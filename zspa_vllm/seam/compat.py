@@ -46,7 +46,9 @@ _LLAVA = "vllm.model_executor.models.llava"
 _Q2 = "vllm.model_executor.models.qwen2_vl"
 _Q25 = "vllm.model_executor.models.qwen2_5_vl"
 _Q3 = "vllm.model_executor.models.qwen3_vl"
+_G3 = "vllm.model_executor.models.gemma3_mm"
 _MP = "zspa_vllm/seam/processor.py"
+_MG = "zspa_vllm/seam/gemma3.py"
 _MQ = "zspa_vllm/seam/qwen_vl.py"
 
 FACTS: tuple[Fact, ...] = (
@@ -109,6 +111,13 @@ FACTS: tuple[Fact, ...] = (
     _f("vllm.model_executor.models.qwen3_vl_moe", "Qwen3VLMoeProcessingInfo",
        by="zspa_vllm/seam/qwen3_vl_moe.py"),
     _f("vllm.multimodal.utils", "copy_mm_embedding_modality", by=_MQ),
+    # Gemma 3.
+    _f(_G3, "Gemma3ForConditionalGeneration.embed_multimodal", by=_MG),
+    _f(_G3, "Gemma3MultiModalProcessor"),
+    _f(_G3, "Gemma3ProcessingInfo.get_num_image_tokens", "image_width", "image_height",
+       "processor", "mm_kwargs", by=_MG),
+    _f(_G3, "Gemma3DummyInputsBuilder"),
+    _f("vllm.multimodal.processing", "PromptUpdateDetails", by=_MP),
     # Worker and config helpers.
     _f("vllm.utils.torch_utils", "get_kv_cache_torch_dtype", "cache_dtype", "model_dtype",
        by="zspa_vllm/seam/kv_size.py"),

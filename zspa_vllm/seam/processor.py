@@ -26,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.processing import ProcessorInputs, PromptReplacement
+from vllm.multimodal.processing import ProcessorInputs, PromptReplacement, PromptUpdateDetails
 
 from zspa_vllm import config, families, scope, selectors, stats
 from zspa_vllm.pruning import keep_count
@@ -89,7 +89,8 @@ class PruningProcessorMixin:
 
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options) -> ProcessorInputs:
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
-        return replace(inputs, hf_processor_mm_kwargs={PROFILING: True})
+        # Keep what vLLM put there (engine-level processor kwargs: the profiled maximum).
+        return replace(inputs, hf_processor_mm_kwargs={**inputs.hf_processor_mm_kwargs, PROFILING: True})
 
     def apply(self, inputs: ProcessorInputs, timing_ctx):
         request = inputs.hf_processor_mm_kwargs
@@ -251,12 +252,42 @@ def _pruned(update: PromptReplacement, ratio: float) -> PromptReplacement:
     if not callable(full):
         raise NotImplementedError(f"static {update.modality} replacement: {full!r}")
 
-    def pruned(item_idx: int) -> list[int]:
-        tokens = full(item_idx)  # N copies of the placeholder token
-        if not isinstance(tokens, list):
-            # Mixed text/embedding replacements (PromptUpdateDetails) need a layout
-            # decision of their own; no supported family emits one.
-            raise NotImplementedError(f"{update.modality} replacement of type {type(tokens)}")
-        return tokens[: keep_count(len(tokens), ratio)]
+    def pruned(item_idx: int):
+        tokens = full(item_idx)
+        if isinstance(tokens, list):  # N copies of the placeholder token
+            return tokens[: keep_count(len(tokens), ratio)]
+        if isinstance(tokens, PromptUpdateDetails) and tokens.is_embed is not None:
+            return _pruned_details(tokens, ratio)
+        raise NotImplementedError(f"{update.modality} replacement of type {type(tokens)}")
 
     return PromptReplacement(modality=update.modality, target=update.target, replacement=pruned)
+
+
+def _pruned_details(details: PromptUpdateDetails, ratio: float) -> PromptUpdateDetails:
+    """Structure tokens around the embeddings (Gemma 3's "\n\n<start_of_image>" ...
+    "<end_of_image>\n\n", the text between pan-and-scan crops) stay; each contiguous run
+    of embedding positions is one budget unit and keeps the first
+    ``keep_count(run, ratio)`` of its slots (the worker fills them with the unit's kept
+    tokens, in order: ``seam/worker.select_units``)."""
+    full = list(details.full)
+    is_embed = details.is_embed(full).tolist()
+    slot = embed_token(full, is_embed)
+    out, run = [], 0
+    for token, embed in zip([*full, None], [*is_embed, False], strict=True):
+        if embed:
+            run += 1
+            continue
+        if run:
+            out += [slot] * keep_count(run, ratio)
+            run = 0
+        if token is not None:
+            out.append(token)
+    return PromptUpdateDetails(full=out, is_embed=details.is_embed)
+
+
+def embed_token(full: list[int], is_embed: list[bool]) -> int:
+    """The one token id of the embedding slots (a mix would need a layout of its own)."""
+    ids = {t for t, e in zip(full, is_embed, strict=True) if e}
+    if len(ids) != 1:
+        raise NotImplementedError(f"embedding slots of several token ids: {sorted(ids)}")
+    return ids.pop()

@@ -37,6 +37,19 @@ class ItemOptions:
             k.removeprefix(OPTION): scalars(v) for k, v in values.items() if k.startswith(OPTION)
         }
 
+    def repeat(self, counts: Sequence[int]) -> ItemOptions:
+        """Item i's options ``counts[i]`` times each (one entry per budget unit)."""
+        out = object.__new__(ItemOptions)
+
+        def rep(values: list) -> list:
+            return [v for v, c in zip(values, counts, strict=True) for _ in range(c)]
+
+        out.prompt_ids, out.ratios, out.methods = (
+            rep(self.prompt_ids), rep(self.ratios), rep(self.methods)
+        )  # fmt: skip
+        out.params = {k: rep(v) for k, v in self.params.items()}
+        return out
+
     @classmethod
     def pop(cls, kwargs: dict, modality: str) -> ItemOptions | None:
         """Remove this modality's fields from ``kwargs`` (the parent model must not see
@@ -91,6 +104,22 @@ def select_rows(
         for i, rows in zip(idx, kept, strict=True):
             out[i] = rows
     return out  # type: ignore[return-value]
+
+
+def select_units(
+    embeds: list[torch.Tensor], units: list[list[int]] | None, embed_input_ids, options
+) -> list[torch.Tensor]:
+    """``select_rows`` with each item cut into its budget units (``units[i]``: the token
+    counts of item i's units, in order); the kept rows of an item, sorted."""
+    if units is None:
+        return select_rows(embeds, embed_input_ids, options)
+    parts = [p for e, u in zip(embeds, units, strict=True) for p in e.split(u)]
+    kept = iter(select_rows(parts, embed_input_ids, options.repeat([len(u) for u in units])))
+    out = []
+    for u in units:
+        starts = [sum(u[:j]) for j in range(len(u))]
+        out.append(torch.cat([next(kept) + s for s in starts]))
+    return out
 
 
 def warm_up(embeds: torch.Tensor | Sequence[torch.Tensor]) -> None:
@@ -161,7 +190,8 @@ class PruningModelMixin:
                 out += chunk
                 continue
             scored = [self._zspa_scored(e) for e in chunk]
-            kept = select_rows(scored, self.get_language_model().embed_input_ids, opts)
+            units = self._zspa_units(media, kwargs, chunk)
+            kept = select_units(scored, units, self.get_language_model().embed_input_ids, opts)
             out += self._zspa_pack(media, kwargs, chunk, kept)
         assert start == len(embeds), (start, len(embeds))
         return tuple(out)
@@ -171,6 +201,13 @@ class PruningModelMixin:
     def _zspa_item_tokens(self, media: families.Media, kwargs: dict) -> list[int]:
         """Unpruned encoder-output tokens of each item of ``media`` in ``kwargs``."""
         raise NotImplementedError
+
+    def _zspa_units(self, media, kwargs, chunk) -> list[list[int]] | None:
+        """Per item, the token counts of its budget units when an item has several (each
+        unit keeps ``keep_count(n_unit, ratio)`` of its own tokens: the prompt side,
+        ``seam/processor._pruned``, cuts each run of the item's placeholders the same
+        way); None: one budget per item."""
+        return None
 
     def _zspa_scored(self, emb: torch.Tensor) -> torch.Tensor:
         """The columns the selector scores (``Family.scored``)."""
@@ -195,8 +232,9 @@ class PruningModelMixin:
         return [self.zspa_family.medium(m) for m in present]
 
     def _zspa_num_items(self, media: families.Media, kwargs: dict) -> int:
-        if media.grid is not None and media.grid in kwargs:
-            return len(rows(kwargs[media.grid]))
+        for key in (media.grid, media.rows):
+            if key is not None and key in kwargs:
+                return len(rows(kwargs[key]))
         key = next(k for k in media.input_keys if k in kwargs)
         return len(kwargs[key])
 
@@ -218,6 +256,8 @@ class PruningModelMixin:
         tokens = self._zspa_item_tokens(media, kwargs)
         if media.grid is not None:  # pixel rows per item: its patches
             pixel_rows = [int(g.prod()) for g in rows(kwargs[media.grid])]
+        elif media.rows is not None:  # stated per item (an image and its crops)
+            pixel_rows = [int(n) for n in scalars(kwargs[media.rows])]
         else:  # one pixel row (an image tensor) per item
             pixel_rows = [1] * len(tokens)
         budget = self._zspa_encoder_budget

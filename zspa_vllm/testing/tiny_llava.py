@@ -88,7 +88,6 @@ def build_tiny_llava(
     Qwen2 text model), the same vLLM architecture with another tower.
     """
     import torch
-    from safetensors.torch import load_file, save_file
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -147,7 +146,7 @@ def build_tiny_llava(
     if scale == "tiny":
         sharpen(model, vision="vision_tower")
     model.save_pretrained(path)
-    _rename_vision_tower_keys(path, load_file, save_file)
+    rename_vision_tower_keys(path)
 
     processor = LlavaProcessor(
         image_processor=(
@@ -185,9 +184,11 @@ def sharpen(model, vision: str) -> None:
                 p.normal_(0.0, 0.25)
 
 
-def _rename_vision_tower_keys(path: Path, load_file, save_file) -> None:
-    """transformers 5 saves ``vision_tower.*``; llava-hf checkpoints (and vLLM's loader)
-    use ``vision_tower.vision_model.*``."""
+def rename_vision_tower_keys(path: Path) -> None:
+    """transformers 5 saves ``vision_tower.*``; llava-hf and Gemma 3 checkpoints (and
+    vLLM's loader) use ``vision_tower.vision_model.*``."""
+    from safetensors.torch import load_file, save_file
+
     for shard in path.glob("*.safetensors"):
         tensors = load_file(shard)
         renamed = {}
