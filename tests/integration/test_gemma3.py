@@ -19,7 +19,10 @@ from zspa_vllm import pruning
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 RATIOS = (0.0, 0.5, 0.75, 0.9)
 ENGINE = {"enable_chunked_prefill": True, "max_num_batched_tokens": 32}
-TWO = (chat(IMG, "compare the sky with the sea", IMG, "how many objects?"), [[2, 280, 448], [3, 336, 336]])
+TWO = (
+    chat(IMG, "compare the sky with the sea", IMG, "how many objects?"),
+    [[2, 280, 448], [3, 336, 336]],
+)
 ONE = (chat(IMG, "what is in this image?"), [[1, 300, 200]])
 WIDE = (chat(IMG, "read the text in the sign."), [[5, 640, 300]])  # pan-and-scan: 2 crops
 MIXED = [

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from tests.support.qwen import qimage
-from tests.support.server import API_KEY, Server, kv_bytes_per_token, start_server, stop_server
+from tests.support.server import (
+    API_KEY,
+    Server,
+    ask,
+    kv_bytes_per_token,
+    start_server,
+    stop_server,
+)
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -45,16 +52,6 @@ def mp4_url(seed: int, frames: int = 4, w: int = 168, h: int = 112) -> str:
             writer.write((rng.rand(h, w, 3) * 255).astype("uint8"))
         writer.release()
         return "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
-
-
-def ask(server: Server, parts: list[dict], **prune):
-    return server.client().chat.completions.create(
-        model=server.model,
-        messages=[{"role": "user", "content": [*parts, {"type": "text", "text": "describe"}]}],
-        max_tokens=2,
-        temperature=0.0,
-        extra_body=prune,
-    )
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])

@@ -70,3 +70,14 @@ def kv_bytes_per_token(model_dir: str) -> int:
     text = json.loads((Path(model_dir) / "config.json").read_text())["text_config"]
     head = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     return text["num_hidden_layers"] * 2 * text["num_key_value_heads"] * head * 4
+
+
+def ask(server: Server, parts: list[dict], **prune):
+    """One chat turn: ``parts`` (media) then the question "describe", greedy, 2 tokens."""
+    return server.client().chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": [*parts, {"type": "text", "text": "describe"}]}],
+        max_tokens=2,
+        temperature=0.0,
+        extra_body=prune,
+    )

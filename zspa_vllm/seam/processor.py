@@ -90,7 +90,9 @@ class PruningProcessorMixin:
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options) -> ProcessorInputs:
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
         # Keep what vLLM put there (engine-level processor kwargs: the profiled maximum).
-        return replace(inputs, hf_processor_mm_kwargs={**inputs.hf_processor_mm_kwargs, PROFILING: True})
+        return replace(
+            inputs, hf_processor_mm_kwargs={**inputs.hf_processor_mm_kwargs, PROFILING: True}
+        )
 
     def apply(self, inputs: ProcessorInputs, timing_ctx):
         request = inputs.hf_processor_mm_kwargs
