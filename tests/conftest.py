@@ -91,6 +91,14 @@ def tiny_gemma3(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_internvl(tmp_path_factory) -> str:
+    """A random-weight InternVL (HF format): dynamic tiles + thumbnail, 16 tokens per tile."""
+    from zspa_vllm.testing.tiny_internvl import build_tiny_internvl
+
+    return str(build_tiny_internvl(tmp_path_factory.mktemp("internvl")))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

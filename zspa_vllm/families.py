@@ -33,6 +33,8 @@ class Media:
             ``num_patches``, the image and its pan-and-scan crops); None: one row per item.
         embeds: the precomputed-embedding input of this modality, if the family takes one.
         per_item: other inputs with one row per item (sliced with the items).
+        shared: inputs that are one value for the whole batch (InternVL's
+            ``image_token_id``): every encoder sub-batch gets them whole.
     """
 
     modality: str
@@ -43,6 +45,7 @@ class Media:
     rows: str | None = None
     embeds: str | None = None
     per_item: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
 
     @property
     def input_keys(self) -> tuple[str, ...]:
@@ -168,6 +171,23 @@ FAMILIES: tuple[Family, ...] = (
         ),
         positions="1d",
         checkpoints="Gemma 3 (4B, 12B, 27B; with or without pan-and-scan)",
+    ),
+    Family(
+        "InternVLForConditionalGeneration",
+        f"{_SEAM}.internvl:PrunedInternVLForConditionalGeneration",
+        (
+            Media(
+                "image",
+                placeholder="image_token_id",  # <IMG_CONTEXT>, expanded by vLLM
+                item_keys=("image_num_patches", "image_embeds"),
+                pixels="pixel_values",
+                rows="image_num_patches",  # its tiles and thumbnail
+                embeds="image_embeds",
+                shared=("image_token_id",),
+            ),
+        ),
+        positions="1d",
+        checkpoints="InternVL3, InternVL3.5 (HF-format `-hf` checkpoints)",
     ),
 )
 

@@ -49,6 +49,8 @@ _Q3 = "vllm.model_executor.models.qwen3_vl"
 _G3 = "vllm.model_executor.models.gemma3_mm"
 _MP = "zspa_vllm/seam/processor.py"
 _MG = "zspa_vllm/seam/gemma3.py"
+_IS1 = "vllm.model_executor.models.interns1"
+_MI = "zspa_vllm/seam/internvl.py"
 _MQ = "zspa_vllm/seam/qwen_vl.py"
 
 FACTS: tuple[Fact, ...] = (
@@ -118,6 +120,12 @@ FACTS: tuple[Fact, ...] = (
        "processor", "mm_kwargs", by=_MG),
     _f(_G3, "Gemma3DummyInputsBuilder"),
     _f("vllm.multimodal.processing", "PromptUpdateDetails", by=_MP),
+    # InternVL (HF format; vLLM's InternS1 code).
+    _f(_IS1, "InternS1ForConditionalGeneration.embed_multimodal", by=_MI),
+    _f(_IS1, "InternS1MultiModalProcessor"),
+    _f(_IS1, "InternS1ProcessingInfo.get_num_image_tokens", "image_width", "image_height",
+       "processor", "mm_kwargs", by=_MI),
+    _f(_IS1, "InternS1DummyInputsBuilder"),
     # Worker and config helpers.
     _f("vllm.utils.torch_utils", "get_kv_cache_torch_dtype", "cache_dtype", "model_dtype",
        by="zspa_vllm/seam/kv_size.py"),

@@ -29,33 +29,16 @@ from vllm.model_executor.models.gemma3_mm import (
     Gemma3ProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageProcessorItems
-from vllm.multimodal.processing import ProcessorInputs
 
-from zspa_vllm import config, families
-from zspa_vllm.seam.processor import PruningProcessorMixin, strip_private
+from zspa_vllm import families
+from zspa_vllm.seam.processor import ImageTokensFromInfo, PruningProcessorMixin
 from zspa_vllm.seam.worker import PruningModelMixin, scalars
 
 FAMILY = families.get("Gemma3ForConditionalGeneration")
 
 
-class PruningGemma3Processor(PruningProcessorMixin, Gemma3MultiModalProcessor):
+class PruningGemma3Processor(ImageTokensFromInfo, PruningProcessorMixin, Gemma3MultiModalProcessor):
     zspa_family = FAMILY
-
-    def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
-        images = inputs.mm_data_items.get_items("image", ImageProcessorItems)
-        kwargs = strip_private(config.strip(inputs.hf_processor_mm_kwargs))
-        processor = self.info.get_hf_processor(**kwargs)
-        n = len(result["mm_placeholders"].get("image", []))
-        return sum(
-            self.info.get_num_image_tokens(
-                image_width=images.get_image_size(i).width,
-                image_height=images.get_image_size(i).height,
-                processor=processor,
-                mm_kwargs=kwargs,
-            )
-            for i in range(n)
-        )
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -26,6 +26,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import ProcessorInputs, PromptReplacement, PromptUpdateDetails
 
 from zspa_vllm import config, families, scope, selectors, stats
@@ -241,6 +242,28 @@ class PruningProcessorMixin:
         if ratio is None:
             return updates
         return [_pruned(u, ratio) if u.modality in self.zspa_modalities else u for u in updates]
+
+
+class ImageTokensFromInfo:
+    """``_zspa_tokens_before`` for families whose ``ProcessingInfo.get_num_image_tokens``
+    takes the image size, the HF processor and the processor kwargs (Gemma 3, InternVL):
+    the stock count (pan-and-scan crops and tiles included), or the embedding rows."""
+
+    def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
+        items = inputs.mm_data_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+        n = len(result["mm_placeholders"].get("image", []))
+        if isinstance(items, ImageEmbeddingItems):
+            return sum(items.get_feature_size(i) for i in range(n))
+        kwargs = strip_private(config.strip(inputs.hf_processor_mm_kwargs))
+        processor = self.info.get_hf_processor(**kwargs)
+        sizes = [items.get_image_size(i) for i in range(n)]
+        return sum(
+            self.info.get_num_image_tokens(
+                image_width=size.width, image_height=size.height, processor=processor,
+                mm_kwargs=kwargs,
+            )
+            for size in sizes
+        )  # fmt: skip
 
 
 def _salted(item_hash: str, scope_ids: torch.Tensor) -> str:

@@ -249,7 +249,7 @@ class PruningModelMixin:
         An item over the budget on its own runs alone.
         """
         present = [m for m in self.zspa_family.media if m.pixels in kwargs]
-        if len(present) != 1 or set(kwargs) - present[0].split_keys:
+        if len(present) != 1 or set(kwargs) - present[0].split_keys - set(present[0].shared):
             yield kwargs
             return
         media = present[0]
@@ -267,7 +267,9 @@ class PruningModelMixin:
                 used += n
                 continue
             stop = start + sum(pixel_rows[first:i])
-            sub = {k: _slice_items(v, first, i) for k, v in kwargs.items()}
+            sub = {
+                k: v if k in media.shared else _slice_items(v, first, i) for k, v in kwargs.items()
+            }
             sub[media.pixels] = kwargs[media.pixels][start:stop]
             yield sub
             if n is not None:

@@ -1,6 +1,6 @@
-"""The tiny Gemma 3 in tests: chat text, requests, one engine per fresh process, and the
-independent HF transformers reference (pruned soft tokens dropped before the forward pass,
-kept ones compacted: 1-D positions)."""
+"""The 1-D RoPE families in tests (Gemma 3, InternVL): requests, one engine per fresh
+process, and the independent HF transformers reference (pruned visual tokens dropped
+before the forward pass, kept ones compacted)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ import torch
 from tests.support.engine import greedy
 from tests.support.qwen import qimage
 from zspa_vllm import pruning
-from zspa_vllm.testing.tiny_gemma3 import BOI, SOFT
-
-IMG = BOI
-TOKENS_PER_IMAGE = 64  # tiny_gemma3.TOKENS_PER_IMAGE, stated again: the tests' own number
 
 
-def chat(*parts: str) -> str:
-    return "<bos><start_of_turn>user\n" + "".join(parts) + "<end_of_turn>\n<start_of_turn>model\n"
-
-
-def grequest(text: str, images=(), **kwargs) -> dict:
+def request(text: str, images=(), **kwargs) -> dict:
     data = {"image": list(images)} if images else {}
     return {"prompt": text, "multi_modal_data": data, "mm_processor_kwargs": kwargs}
 
@@ -38,7 +30,7 @@ def run_batches(payload: dict) -> dict:
     llm = LLM(**engine_kwargs(payload["model"], **payload.get("engine", {})))
     out = {}
     for name, specs in payload["batches"].items():
-        reqs = [grequest(t, [qimage(*s) for s in imgs], **kw) for t, imgs, kw in specs]
+        reqs = [request(t, [qimage(*s) for s in imgs], **kw) for t, imgs, kw in specs]
         try:
             outs = llm.generate(reqs, greedy(), use_tqdm=False)
         except ValueError as exc:
@@ -59,59 +51,76 @@ def run_batches(payload: dict) -> dict:
 def _hf(path: str):
     import transformers
 
-    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
     return model.eval(), transformers.AutoProcessor.from_pretrained(path)
 
 
-def hf_reference(path, text, images, *, ratio, select, processor_kwargs=None, steps=4):
+def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=None, steps=4):
     """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
 
-    Each run of soft tokens in the processed prompt is one view (the image, or one
-    pan-and-scan crop) and keeps ``keep_count(64, ratio)`` of its own tokens; the selector
-    sees the text tokens of the templated prompt (placeholders and special tokens
-    removed). Causal attention everywhere, as vLLM's CPU backend runs it (README,
-    "Gemma 3")."""
+    ``token``: the visual token of the processed prompt. Each contiguous run of it is one
+    budget unit (an image with all its tiles, or one Gemma 3 view) and takes the next rows
+    of the vision features, in prompt order; it keeps ``keep_count(run, ratio)`` of them.
+    The selector sees the text tokens of the templated prompt (placeholders and special
+    tokens removed). Positions are those of the pruned prompt (1-D: compacted); causal
+    attention, as vLLM's CPU backend runs every model."""
     model, processor = _hf(path)
     inputs = processor(
         text=[text], images=list(images), return_tensors="pt", **(processor_kwargs or {})
     )
     ids = inputs["input_ids"][0]
     tok = processor.tokenizer
-    soft = tok.convert_tokens_to_ids(SOFT)
-    special = set(tok.all_special_ids)
+    visual = tok.convert_tokens_to_ids(token)
+    special = set(tok.all_special_ids) | {visual}
     with torch.no_grad():
-        views = model.model.get_image_features(inputs["pixel_values"]).pooler_output
-        views = iter(views)  # [views, 64, hidden]: the images' views in prompt order
+        feats = model.model.get_image_features(pixel_values=inputs["pixel_values"])
+        feats = getattr(feats, "pooler_output", feats)
+        feats = feats.reshape(-1, feats.shape[-1])  # every view's rows, in prompt order
         table = model.get_input_embeddings()
         scope = [t for t in tok(text, add_special_tokens=False).input_ids if t not in special]
         prompt = table(torch.tensor(scope))
         embeds = table(ids)
         keep = torch.ones(len(ids), dtype=torch.bool)
-        i = 0
+        i, row = 0, 0
         while i < len(ids):
-            if int(ids[i]) != soft:
+            if int(ids[i]) != visual:
                 i += 1
                 continue
-            feat = next(views)
-            n = feat.shape[0]
-            assert bool((ids[i : i + n] == soft).all()) and int(ids[i + n]) != soft
+            n = 1
+            while i + n < len(ids) and int(ids[i + n]) == visual:
+                n += 1
+            feat = feats[row : row + n]
+            row += n
             embeds[i : i + n] = feat
             mask = torch.zeros(n, dtype=torch.bool)
             mask[select(feat, prompt, pruning.keep_count(n, ratio))] = True
             keep[i : i + n] = mask
             i += n
-        assert next(views, None) is None
+        assert row == len(feats), (row, len(feats))
         x = embeds[keep]
         tokens, first = [], None
         for _ in range(steps):
             hidden = model.model.language_model(inputs_embeds=x[None]).last_hidden_state
             logprobs = torch.log_softmax(model.lm_head(hidden[0, -1]).double(), dim=-1)
             first = logprobs if first is None else first
-            token = int(logprobs.argmax())
-            tokens.append(token)
-            x = torch.cat([x, table(torch.tensor([token]))])
+            token_id = int(logprobs.argmax())
+            tokens.append(token_id)
+            x = torch.cat([x, table(torch.tensor([token_id]))])
     return first, tokens, ids[keep].tolist()
 
 
-def soft_tokens(ids, soft: int) -> int:
-    return sum(1 for t in ids if t == soft)
+def assert_matches(run, reference) -> None:
+    """A ``run_batches`` result equals an ``hf_reference``: the same pruned prompt, the
+    first step's log-probs within 1e-3, the same greedy tokens."""
+    import pytest
+
+    ids, tokens, got = run
+    want, want_tokens, want_ids = reference
+    assert ids == want_ids
+    for token, logprob in got.items():
+        assert logprob == pytest.approx(float(want[int(token)]), abs=1e-3)
+    assert tokens == want_tokens
+
+
+def count(ids, token_id: int) -> int:
+    return sum(1 for t in ids if t == token_id)

@@ -1,0 +1,144 @@
+"""Gemma 3 and InternVL end to end on tiny random-weight checkpoints (real HF configs and
+processors): the 1-D RoPE families whose visual tokens sit between structure tokens.
+
+Per family, one engine in a fresh process (``tests.support.onedim.run_batches``) with
+prefix caching and chunked prefill on (a 32-token step budget: every image prompt is
+prefilled in several chunks), and the bar of every family: exact prompt lengths with every
+structure token kept, logprobs against the independent HF pipeline (with a control that must
+differ), ratio 0 equal to the plugin disabled and to HF, a mixed batch equal to single runs,
+and a cached repeat equal to the first run. Gemma 3's pan-and-scan: test_gemma3.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.engine import run_fresh
+from tests.support.onedim import assert_matches, count, hf_reference, run_batches
+from tests.support.qwen import qimage
+from zspa_vllm import pruning
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+RATIOS = (0.0, 0.5, 0.75, 0.9)
+ENGINE = {"enable_chunked_prefill": True, "max_num_batched_tokens": 32}
+
+
+@dataclass(frozen=True)
+class Case:
+    checkpoint: str  # the session fixture that builds it
+    head: str  # the templated prompt up to the user's content
+    tail: str  # from the end of the user's content to the generation header
+    image: str  # an image's placeholder in the templated prompt
+    visual: str  # the token vLLM repeats per visual token
+
+    def chat(self, *parts: str) -> str:
+        return self.head + "".join(parts) + self.tail
+
+
+CASES = {
+    "gemma3": Case(
+        "tiny_gemma3",
+        "<bos><start_of_turn>user\n",
+        "<end_of_turn>\n<start_of_turn>model\n",
+        "<start_of_image>",
+        "<image_soft_token>",
+    ),
+    "internvl": Case(
+        "tiny_internvl",
+        "<|im_start|>user\n",
+        "<|im_end|>\n<|im_start|>assistant\n",
+        "<IMG_CONTEXT>\n",
+        "<IMG_CONTEXT>",
+    ),
+}
+ONE = [[1, 300, 200]]
+TWO = [[2, 280, 448], [3, 336, 336]]
+
+
+def batches(case: Case) -> dict:
+    one = case.chat(case.image, "what is in this image?")
+    two = case.chat(case.image, "compare the sky with the sea", case.image, "how many objects?")
+    options = [(0.0, "zspa"), (0.5, "divprune"), (0.9, "zspa")]
+    mixed = [
+        [
+            case.chat(case.image, f"q{i}"),
+            [[50 + i, 300, 200]],
+            {"prune_ratio": r, "prune_method": m},
+        ]
+        for i, (r, m) in enumerate(options)
+    ]
+    return {
+        **{f"length {r}": [[one, ONE, {"prune_ratio": r}]] for r in RATIOS},
+        **{f"hf {r}": [[two, TWO, {"prune_ratio": r}]] for r in (0.0, 0.5, 0.9)},
+        "mixed": mixed,
+        **{f"single {i}": [req] for i, req in enumerate(mixed)},
+        "stock": [[one, ONE, {}], [case.chat("no image here"), [], {}]],
+        # The same request again: its image and prompt blocks now come from the caches.
+        "again": [[two, TWO, {"prune_ratio": 0.5}]],
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def family(request) -> tuple[Case, str, dict]:
+    """(case, checkpoint path, every batch's results) per family."""
+    case = CASES[request.param]
+    path = request.getfixturevalue(case.checkpoint)
+    runs = run_fresh(run_batches, {"model": path, "engine": ENGINE, "batches": batches(case)})
+    return case, path, runs
+
+
+def _token_id(path: str, token: str) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path).convert_tokens_to_ids(token)
+
+
+def _unpruned(case: Case, path: str, text: str, seeds) -> int:
+    """Visual tokens of the HF processor's prompt: the unpruned count, independent of vLLM."""
+    from transformers import AutoProcessor
+
+    ids = AutoProcessor.from_pretrained(path)(text=[text], images=[qimage(*s) for s in seeds])
+    return count(ids["input_ids"][0], _token_id(path, case.visual))
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_prompt_length(family, ratio):
+    case, path, runs = family
+    ((ids, _, _),) = runs[f"length {ratio}"]
+    ((unpruned, _, _),) = runs["length 0.0"]
+    n = _unpruned(case, path, case.chat(case.image, "what is in this image?"), ONE)
+    keep = pruning.keep_count(n, ratio)
+    assert count(ids, _token_id(path, case.visual)) == keep
+    assert len(ids) == len(unpruned) - (n - keep)  # structure tokens all kept
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
+def test_matches_hf_with_kept_tokens_compacted(family, ratio):
+    case, path, runs = family
+    run = runs[f"hf {ratio}"][0]
+    text = case.chat(case.image, "compare the sky with the sea", case.image, "how many objects?")
+    images = [qimage(*s) for s in TWO]
+    ref = {"token": case.visual, "ratio": ratio}
+    assert_matches(run, hf_reference(path, text, images, select=pruning.zspa_select, **ref))
+    got = run[2]
+    if ratio == 0.0:
+        return  # nothing pruned: no other kept set to compare with
+    other = hf_reference(path, text, images, select=pruning.uniform_select, **ref)[0]
+    assert max(abs(lp - float(other[int(t)])) for t, lp in got.items()) > 1e-2
+
+
+def test_mixed_batch_equals_single_runs(family):
+    _, _, runs = family
+    assert runs["mixed"] == [runs[f"single {i}"][0] for i in range(3)]
+
+
+def test_cached_repeat_equals_first_run(family):
+    _, _, runs = family
+    assert runs["again"] == runs["hf 0.5"]
+
+
+def test_ratio_zero_equals_plugin_disabled(family):
+    case, path, runs = family
+    payload = {"model": path, "engine": ENGINE, "batches": {"stock": batches(case)["stock"]}}
+    assert runs["stock"] == run_fresh(run_batches, payload, {"ZSPA_DISABLE": "1"})["stock"]
