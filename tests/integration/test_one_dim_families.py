@@ -53,6 +53,7 @@ CASES = {
     ),
 }
 ONE = [[1, 300, 200]]
+BUDGETS = (1, 10**6)  # each image alone; both images in one vision-tower call
 TWO = [[2, 280, 448], [3, 336, 336]]
 
 
@@ -131,6 +132,25 @@ def test_matches_hf_with_kept_tokens_compacted(family, ratio):
 def test_mixed_batch_equals_single_runs(family):
     _, _, runs = family
     assert runs["mixed"] == [runs[f"single {i}"][0] for i in range(3)]
+
+
+def test_encoder_budget_split_gives_the_one_call_result(family):
+    """Two images in one engine step (vLLM's default step budget, not the 32-token chunks
+    above), under an encoder budget of one image, then of both: 2 vision-tower calls, then
+    1, and the same result. DivPrune ignores prune_core_ratio, but the option is in the cache
+    keys: the second run hits no cache and selects the same tokens."""
+    case, path, _ = family
+    two = case.chat(case.image, "compare the sky with the sea", case.image, "how many objects?")
+    options = {"prune_ratio": 0.5, "prune_method": "divprune"}
+    batches = {
+        f"budget {b}": [[two, TWO, options | {"prune_core_ratio": core}]]
+        for b, core in zip(BUDGETS, (0.6, 0.5), strict=True)
+    }
+    budgets = {name: b for name, b in zip(batches, BUDGETS, strict=True)}
+    runs = run_fresh(run_batches, {"model": path, "batches": batches, "budgets": budgets})
+    calls = [runs[f"budget {b} calls"] for b in BUDGETS]
+    assert calls == [2, 1]
+    assert runs["budget 1"] == runs[f"budget {BUDGETS[1]}"]
 
 
 def test_cached_repeat_equals_first_run(family):

@@ -22,20 +22,30 @@ def run_batches(payload: dict) -> dict:
     """For ``run_fresh``: one engine on ``payload["model"]`` (``payload["engine"]``:
     overrides), then each named batch of ``[text, [[seed, w, h]...], options]`` requests
     generated together. Per batch: ``[prompt ids, greedy tokens, {token: first-step
-    logprob}]`` per request, or ``{"error": message}`` if the batch was refused."""
+    logprob}]`` per request, or ``{"error": message}`` if the batch was refused.
+
+    ``payload["budgets"]``: batch name -> the encoder budget to run it under; the number of
+    vision-tower calls it made is returned as ``"<name> calls"``."""
     from vllm import LLM
 
-    from tests.support.engine import engine_kwargs
+    from tests.support.engine import engine_kwargs, tower_probe
 
     llm = LLM(**engine_kwargs(payload["model"], **payload.get("engine", {})))
     out = {}
     for name, specs in payload["batches"].items():
         reqs = [request(t, [qimage(*s) for s in imgs], **kw) for t, imgs, kw in specs]
+        budget = payload.get("budgets", {}).get(name)
+        if budget is not None:
+            llm.apply_model(functools.partial(tower_probe, tower="vision_tower", budget=budget))
         try:
             outs = llm.generate(reqs, greedy(), use_tqdm=False)
         except ValueError as exc:
             out[name] = {"error": str(exc)}
             continue
+        finally:
+            if budget is not None:
+                probe = functools.partial(tower_probe, tower="vision_tower", budget=None)
+                (out[f"{name} calls"],) = llm.apply_model(probe)
         out[name] = [
             [
                 list(o.prompt_token_ids),
