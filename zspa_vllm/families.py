@@ -142,9 +142,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "Qwen3VLForConditionalGeneration",
         f"{_SEAM}.qwen_vl:PrunedQwen3VLForConditionalGeneration",
-        # Images only: a Qwen3-VL video interleaves per-frame timestamp text with its
-        # frames, which one per-video budget does not handle yet (README, "Qwen3-VL").
-        (_QWEN_IMAGE,),
+        # Videos: each frame is a budget unit (timestamp text between frames; README).
+        (_QWEN_IMAGE, _QWEN_VIDEO),
         positions="mrope",
         scored="main",
         checkpoints="Qwen3-VL (dense)",
@@ -152,7 +151,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "Qwen3VLMoeForConditionalGeneration",
         f"{_SEAM}.qwen3_vl_moe:PrunedQwen3VLMoeForConditionalGeneration",
-        (_QWEN_IMAGE,),  # as the dense Qwen3-VL: images only
+        (_QWEN_IMAGE, _QWEN_VIDEO),  # as the dense Qwen3-VL
         positions="mrope",
         scored="main",
         checkpoints="Qwen3-VL-MoE (30B-A3B, 235B-A22B)",

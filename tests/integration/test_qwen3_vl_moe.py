@@ -3,7 +3,7 @@
 Its vision side, M-RoPE layout and pruning code path are the dense Qwen3-VL's
 (test_qwen3_vl.py covers them in depth); here one MoE checkpoint runs the main bar: exact
 prompt lengths, logprobs against the independent HF pipeline (with a control that must
-differ), ratio 0 equal to the plugin disabled, a mixed batch, and videos refused.
+differ), ratio 0 equal to the plugin disabled, a mixed batch, and a video pruned per frame.
 
 The engine runs in its own process (``tests.support.qwen.run_batches``): vLLM's parallel
 groups are process-global, and a MoE engine created after the session's dense engines finds
@@ -14,7 +14,16 @@ from __future__ import annotations
 import pytest
 
 from tests.support.engine import run_fresh
-from tests.support.qwen import CASES, IMG, VID, chat, hf_reference, qimage, run_batches
+from tests.support.qwen import (
+    CASES,
+    IMG,
+    VID,
+    chat,
+    hf_reference,
+    qimage,
+    run_batches,
+    visual_tokens,
+)
 from zspa_vllm import pruning
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -38,6 +47,7 @@ BATCHES = {
     **{f"single {i}": [req] for i, req in enumerate(MIXED)},
     "stock": STOCK,
     "video": [[chat(VID, "what?"), [], [43], {"prune_ratio": 0.5}]],
+    "video stock": [[chat(VID, "what?"), [], [43], {}]],
 }
 
 
@@ -63,8 +73,6 @@ def test_matches_hf_with_positions_of_the_unpruned_prompt(runs, tiny_qwen3_vl_mo
 
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_prompt_length(runs, ratio):
-    from tests.support.qwen import visual_tokens
-
     ((ids, _, _),) = runs[f"length {ratio}"]
     assert visual_tokens(ids) == pruning.keep_count(150, ratio)
 
@@ -80,5 +88,9 @@ def test_ratio_zero_equals_plugin_disabled(runs, tiny_qwen3_vl_moe):
     assert [r[:2] for r in runs["stock"]] == [r[:2] for r in stock]
 
 
-def test_video_with_a_ratio_is_refused(runs):
-    assert "prune_ratio must be 0 for requests with video" in runs["video"]["error"]
+def test_video_prunes_frame_by_frame(runs):
+    # 2 frames of 20 tokens (test_qwen3_vl.py); timestamps and markers all kept.
+    ((ids, _, _),) = runs["video"]
+    ((stock, _, _),) = runs["video stock"]
+    assert visual_tokens(ids) == 2 * pruning.keep_count(20, 0.5)
+    assert len(stock) - len(ids) == 2 * (20 - pruning.keep_count(20, 0.5))

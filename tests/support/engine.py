@@ -99,3 +99,18 @@ def tower_probe(model, tower: str, budget: int | None) -> int:
     del module.forward  # back to the class's method
     model._zspa_encoder_budget, calls = model._probe
     return len(calls)
+
+
+def tower_record(model, tower: str, on: bool) -> list:
+    """For ``llm.apply_model``: record the outputs of ``model.<tower>`` from now on
+    (``on=False``: stop, and return them, one per call)."""
+    module = getattr(model, tower)
+    if on:
+        model._records = []
+        original = module.forward
+        module.forward = lambda *a, **k: (
+            model._records.append(original(*a, **k)) or model._records[-1]
+        )
+        return []
+    del module.forward  # back to the class's method
+    return [r.detach().clone() for r in model._records]

@@ -87,17 +87,22 @@ def _hf(path: str, variant: str):
     return model, transformers.AutoProcessor.from_pretrained(path)
 
 
-def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, steps=4, naive=False):
+def hf_reference(
+    path, variant, text, images=(), videos=(), *, ratio, select, steps=4, naive=False,
+    video_features=None,
+):  # fmt: skip
     """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
 
     ``naive=True`` gives kept visual tokens the positions of the first K grid cells
     (what compacting the grid would do): a control that the position test can fail.
+    ``video_features``: per video, a vision-tower output to use instead of HF's (main
+    columns, then each deepstack level's), for Qwen3-VL videos (test_qwen3_vl.py says why).
     """
     from transformers.video_utils import VideoMetadata
 
     model, processor = _hf(path, variant)
     extra = {}
-    if videos and variant == "qwen2_5_vl":
+    if videos and variant != "qwen2_vl":
         extra = {
             "video_metadata": [VideoMetadata(**metadata(v)) for v in videos],
             "do_sample_frames": False,
@@ -114,14 +119,37 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
     with torch.no_grad():
         feats = {"image": [], "video": []}
         deep_items = []  # Qwen3-VL: per image, its deepstack features (one per level)
+        deep_frames = {"video": []}  # Qwen3-VL: per video frame, the same
         if images:
             out = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
             feats["image"] = list(out.pooler_output)
             levels = getattr(out, "deepstack_features", None) or []
             deep_items = [[level[k] for level in levels] for k in range(len(images))]
         if videos:
-            out = inner.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+            grids = inputs["video_grid_thw"]
+            out = inner.get_video_features(inputs["pixel_values_videos"], grids)
             feats["video"] = list(out.pooler_output)
+            if video_features is not None:
+                width = feats["video"][0].shape[-1]
+                feats["video"] = [f[:, :width] for f in video_features]
+                levels = [tuple(f[:, k : k + width] for f in video_features)
+                          for k in range(width, video_features[0].shape[-1], width)]  # fmt: skip
+                out.deepstack_features = levels
+            if variant.startswith("qwen3"):
+                # Qwen3-VL: each frame is its own run of pad tokens (timestamp text between
+                # frames) and its own budget unit; split every video (and its deepstack
+                # features) into its frames.
+                frames = [int(g[0]) for g in grids]
+                feats["video"] = [
+                    f for v, t in zip(feats["video"], frames, strict=True) for f in v.chunk(t)
+                ]
+                levels = out.deepstack_features or []
+                per_video = [[level[k] for level in levels] for k in range(len(videos))]
+                deep_frames["video"] = [
+                    list(frame)
+                    for item, t in zip(per_video, frames, strict=True)
+                    for frame in zip(*(level.chunk(t) for level in item), strict=True)
+                ]
         rope_kwargs = {}
         if variant == "qwen2_5_vl" and videos:
             rope_kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
@@ -136,13 +164,17 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
         pos = pos[:, 0]  # [3, L]
         table = model.get_input_embeddings()
         special = set(processor.tokenizer.all_special_ids) | {IMAGE_PAD, VIDEO_PAD}
-        prompt = table(torch.tensor([t for t in ids.tolist() if t not in special]))
+        # The selector's text: the templated prompt's (before the processor expands media,
+        # so no Qwen3-VL timestamp text), minus placeholders and special tokens.
+        templated = processor.tokenizer(text, add_special_tokens=False).input_ids
+        prompt = table(torch.tensor([t for t in templated if t not in special]))
         embeds = table(ids)
         keep = torch.ones(len(ids), dtype=torch.bool)
         new_pos = pos.clone()
         counters = {"image": 0, "video": 0}
         is_visual = torch.zeros(len(ids), dtype=torch.bool)
-        deep = [torch.zeros(len(ids), f.shape[-1]) for f in (deep_items[0] if deep_items else [])]
+        first_deep = (deep_items or deep_frames["video"] or [[]])[0]
+        deep = [torch.zeros(len(ids), f.shape[-1]) for f in first_deep]
         i = 0
         while i < len(ids):  # each run of pad tokens is one item, in prompt order
             tok = int(ids[i])
@@ -156,8 +188,9 @@ def hf_reference(path, variant, text, images=(), videos=(), *, ratio, select, st
             assert bool((ids[i : i + n] == tok).all()) and (i + n == len(ids) or ids[i + n] != tok)
             embeds[i : i + n] = feat
             is_visual[i : i + n] = True
-            if modality == "image" and deep_items:
-                for level, f in zip(deep, deep_items[counters["image"] - 1], strict=True):
+            run_deep = deep_items if modality == "image" else deep_frames["video"]
+            if deep and run_deep:
+                for level, f in zip(deep, run_deep[counters[modality] - 1], strict=True):
                     level[i : i + n] = f
             kept = select(feat, prompt, pruning.keep_count(n, ratio))
             mask = torch.zeros(n, dtype=torch.bool)

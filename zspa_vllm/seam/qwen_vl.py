@@ -98,7 +98,6 @@ class PruningQwen2_5_VLProcessor(_QwenPruningProcessor, Qwen2_5_VLMultiModalProc
 
 
 class PruningQwen3VLProcessor(_QwenPruningProcessor, Qwen3VLMultiModalProcessor):
-    # Images only (the family spec): requests with videos and a ratio are refused.
     zspa_family = QWEN3_VL
 
 
@@ -141,7 +140,7 @@ class _PrunedQwenVL(PruningModelMixin):
         # An item is pruned iff it has fewer placeholders than grid cells. (Its data may
         # hold only the grid here: vLLM drops the other fields of items it will not
         # encode again, e.g. on a cache hit.) With every token kept the layout is stock.
-        items = self._zspa_media_items(mm_features)
+        items = self._zspa_media_items(input_tokens, mm_features)
         if items is not None:
             items = [replace(i, pruned=i.length < i.t * i.h * i.w) for i in items]
         if items is None or not any(i.pruned for i in items):
@@ -149,7 +148,7 @@ class _PrunedQwenVL(PruningModelMixin):
         pos, delta = mrope.positions(len(input_tokens), items)
         return torch.from_numpy(pos), delta
 
-    def _zspa_media_items(self, mm_features) -> list[mrope.MediaItem] | None:
+    def _zspa_media_items(self, input_tokens, mm_features) -> list[mrope.MediaItem] | None:
         """The request's media as the parent lays them out (None: leave it to the parent)."""
         features = sorted(
             (f for f in mm_features if f.modality != "prompt_embeds"),
@@ -266,9 +265,9 @@ class PrunedQwen2_5_VLForConditionalGeneration(_PrunedQwenVL, Qwen2_5_VLForCondi
 
 
 class _PrunedQwen3VL(_PrunedQwenVL):
-    """What Qwen3-VL (dense and MoE) adds: images only (the family spec), and rows that carry
-    the deepstack features of several vision layers after the main embedding; all are kept
-    or dropped together (only the main columns are scored)."""
+    """What Qwen3-VL (dense and MoE) adds: rows that carry the deepstack features of several
+    vision layers after the main embedding, all kept or dropped together (only the main
+    columns are scored); and videos laid out frame by frame, each frame a budget unit."""
 
     def _zspa_main_width(self) -> int:
         return self.visual_dim
@@ -276,22 +275,44 @@ class _PrunedQwen3VL(_PrunedQwenVL):
     def _zspa_width(self) -> int:
         return self.visual_dim + (self.multiscale_dim if self.use_deepstack else 0)
 
-    def _zspa_media_items(self, mm_features) -> list[mrope.MediaItem] | None:
-        # Pruned requests carry images only (the processor refuses videos with a ratio),
-        # and Qwen3-VL places an image exactly as Qwen2-VL does: t = 0, h, w from its
-        # origin. A video's per-frame layout is the parent's business (never pruned).
-        if any(f.modality != "image" for f in mm_features):
-            return None
-        merge = self.config.vision_config.spatial_merge_size
+    def _zspa_media_items(self, input_tokens, mm_features) -> list[mrope.MediaItem] | None:
+        # Qwen3-VL lays out every image and every video *frame* as a t = 1 grid at its own
+        # offset (a frame's timestamp text and markers are text between them). The
+        # parent's _iter_mm_grid_hw finds each frame's tokens in the prompt, pruned or not;
+        # for an image it reports the full grid, so an image's count is its placeholder's.
+        config = self.config
+        merge = config.vision_config.spatial_merge_size
         items = []
         for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
-            _, h, w = (int(x) for x in f.data["image_grid_thw"].data.tolist())
-            items.append(
-                mrope.MediaItem(
-                    f.mm_position.offset, f.mm_position.length, 1, h // merge, w // merge
-                )
+            if f.modality == "image":
+                _, h, w = (int(x) for x in f.data["image_grid_thw"].data.tolist())
+                items.append(
+                    mrope.MediaItem(f.mm_position.offset, f.mm_position.length, 1, h // merge,
+                                    w // merge)
+                )  # fmt: skip
+                continue
+            frames = self._iter_mm_grid_hw(
+                input_tokens,
+                [f],
+                video_token_id=config.video_token_id,
+                vision_start_token_id=config.vision_start_token_id,
+                vision_end_token_id=config.vision_end_token_id,
+                spatial_merge_size=merge,
             )
+            items += [mrope.MediaItem(offset, n, 1, h, w) for offset, h, w, n in frames]
         return items
+
+    def _zspa_units(self, media, kwargs, chunk) -> list[list[int]] | None:
+        """A video's budget units are its frames: each keeps ``keep_count(h*w, ratio)`` of
+        its own tokens between its own markers (the prompt side cuts each frame's run)."""
+        if media.modality != "video":
+            return None
+        merge = self.config.vision_config.spatial_merge_size**2
+        return [[int(h * w) // merge] * int(t) for t, h, w in rows(kwargs[media.grid])]
+
+    def _t_factors(self, modality: str, kwargs: dict, n: int) -> list[float]:
+        # Every frame is its own t = 1 grid (timestamps are text): no temporal offset.
+        return [0.0] * n
 
 
 @MULTIMODAL_REGISTRY.register_processor(
