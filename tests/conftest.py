@@ -99,6 +99,14 @@ def tiny_internvl(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_mistral3(tmp_path_factory) -> str:
+    """A random-weight Mistral 3: Pixtral tower (variable sizes, rows with [IMG_BREAK])."""
+    from zspa_vllm.testing.tiny_mistral3 import build_tiny_mistral3
+
+    return str(build_tiny_mistral3(tmp_path_factory.mktemp("mistral3")))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

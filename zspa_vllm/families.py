@@ -188,6 +188,20 @@ FAMILIES: tuple[Family, ...] = (
         positions="1d",
         checkpoints="InternVL3, InternVL3.5 (HF-format `-hf` checkpoints)",
     ),
+    Family(
+        "Mistral3ForConditionalGeneration",
+        f"{_SEAM}.mistral3:PrunedMistral3ForConditionalGeneration",
+        (
+            Media(
+                "image",
+                placeholder="image_token_index",  # [IMG], expanded by vLLM into rows
+                item_keys=("pixel_values",),  # one tensor per image (sizes differ)
+                pixels="pixel_values",
+            ),
+        ),
+        positions="1d",
+        checkpoints="Mistral Small 3.1 / 3.2 (HF format; Pixtral tower)",
+    ),
 )
 
 

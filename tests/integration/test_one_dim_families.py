@@ -1,5 +1,6 @@
-"""Gemma 3 and InternVL end to end on tiny random-weight checkpoints (real HF configs and
-processors): the 1-D RoPE families whose visual tokens sit between structure tokens.
+"""Gemma 3, InternVL and Mistral 3 end to end on tiny random-weight checkpoints (real HF
+configs and processors): the 1-D RoPE families whose visual tokens sit between structure
+tokens.
 
 Per family, one engine in a fresh process (``tests.support.onedim.run_batches``) with
 prefix caching and chunked prefill on (a 32-token step budget: every image prompt is
@@ -44,6 +45,7 @@ CASES = {
         "<start_of_image>",
         "<image_soft_token>",
     ),
+    "mistral3": Case("tiny_mistral3", "<s>[INST]", "[/INST]", "[IMG]", "[IMG]"),
     "internvl": Case(
         "tiny_internvl",
         "<|im_start|>user\n",
@@ -95,12 +97,16 @@ def _token_id(path: str, token: str) -> int:
     return AutoTokenizer.from_pretrained(path).convert_tokens_to_ids(token)
 
 
-def _unpruned(case: Case, path: str, text: str, seeds) -> int:
-    """Visual tokens of the HF processor's prompt: the unpruned count, independent of vLLM."""
+def _runs(case: Case, path: str, text: str, seeds) -> list[int]:
+    """Lengths of the runs of visual tokens in the HF processor's prompt (independent of
+    vLLM): each run is one budget unit (an InternVL image, a Gemma 3 view, a Mistral 3 row)."""
+    from itertools import groupby
+
     from transformers import AutoProcessor
 
     ids = AutoProcessor.from_pretrained(path)(text=[text], images=[qimage(*s) for s in seeds])
-    return count(ids["input_ids"][0], _token_id(path, case.visual))
+    visual = _token_id(path, case.visual)
+    return [len(list(g)) for t, g in groupby(ids["input_ids"][0].tolist()) if t == visual]
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
@@ -108,10 +114,10 @@ def test_prompt_length(family, ratio):
     case, path, runs = family
     ((ids, _, _),) = runs[f"length {ratio}"]
     ((unpruned, _, _),) = runs["length 0.0"]
-    n = _unpruned(case, path, case.chat(case.image, "what is in this image?"), ONE)
-    keep = pruning.keep_count(n, ratio)
+    units = _runs(case, path, case.chat(case.image, "what is in this image?"), ONE)
+    keep = sum(pruning.keep_count(n, ratio) for n in units)
     assert count(ids, _token_id(path, case.visual)) == keep
-    assert len(ids) == len(unpruned) - (n - keep)  # structure tokens all kept
+    assert len(ids) == len(unpruned) - (sum(units) - keep)  # structure tokens all kept
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])

@@ -1,4 +1,4 @@
-"""zspa-serve on tiny Gemma 3 and InternVL over HTTP with the official openai client:
+"""zspa-serve on tiny Gemma 3, InternVL and Mistral 3 over HTTP with the official openai client:
 per-request ratios on images (structure tokens kept), usage counts, a bad ratio refused."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 FAMILIES = {
     "gemma3": ("tiny_gemma3", "<image_soft_token>", False),  # sliding-window layers
     "internvl": ("tiny_internvl", "<IMG_CONTEXT>", True),
+    "mistral3": ("tiny_mistral3", "[IMG]", True),
 }
 SIZE = 224
 
@@ -36,14 +37,22 @@ def served(request, tmp_path_factory):
     stop_server(proc)
 
 
-def per_image(path: str, visual: str) -> int:
-    """Visual tokens of one SIZE x SIZE image from the HF processor (independent of vLLM)."""
+def per_image(path: str, visual: str) -> list[int]:
+    """The budget units of one SIZE x SIZE image: the runs of visual tokens in the HF
+    processor's prompt (independent of vLLM; Mistral 3: one per row of the grid)."""
+    from itertools import groupby
+
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path)
     # image_token: what stands for an image in the prompt (Gemma 3: <start_of_image>).
     ids = processor(text=[processor.image_token], images=[image(0, SIZE)])["input_ids"][0]
-    return sum(1 for t in ids if t == processor.tokenizer.convert_tokens_to_ids(visual))
+    token = processor.tokenizer.convert_tokens_to_ids(visual)
+    return [len(list(g)) for t, g in groupby(list(ids)) if t == token]
+
+
+def kept(units: list[int], ratio: float) -> int:
+    return sum(pruning.keep_count(n, ratio) for n in units)
 
 
 def images(*seeds: int) -> list[dict]:
@@ -52,26 +61,26 @@ def images(*seeds: int) -> list[dict]:
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 def test_images_prune_at_the_requested_ratio(served, ratio):
-    server, n, full_layers = served
+    server, units, full_layers = served
     for seeds in ([1], [2, 3]):
         stock = ask(server, images(*seeds), prune_ratio=0.0)
         pruned = ask(server, images(*seeds), prune_ratio=ratio)
-        full, kept = n * len(seeds), pruning.keep_count(n, ratio) * len(seeds)
+        full, after = sum(units) * len(seeds), kept(units, ratio) * len(seeds)
         usage = pruned.usage.model_extra
-        assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, kept)
+        assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, after)
         # Only visual tokens go: the markers around each image stay.
-        assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == full - kept
+        assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == full - after
         # A sliding-window model keeps a token in only some layers: no byte count claimed.
-        bytes_saved = (full - kept) * kv_bytes_per_token(server.model) if full_layers else None
+        bytes_saved = (full - after) * kv_bytes_per_token(server.model) if full_layers else None
         assert usage["kv_cache_bytes_saved"] == bytes_saved
 
 
 def test_bad_ratio_is_a_400_and_the_server_keeps_serving(served):
     from openai import BadRequestError
 
-    server, n, _ = served
+    server, units, _ = served
     with pytest.raises(BadRequestError) as err:
         ask(server, images(4), prune_ratio=-0.1)
     assert "prune_ratio" in str(err.value)
     usage = ask(server, images(4), prune_ratio=0.75).usage.model_extra
-    assert usage["visual_tokens_after"] == pruning.keep_count(n, 0.75)
+    assert usage["visual_tokens_after"] == kept(units, 0.75)

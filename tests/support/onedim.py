@@ -1,4 +1,4 @@
-"""The 1-D RoPE families in tests (Gemma 3, InternVL): requests, one engine per fresh
+"""The 1-D RoPE families in tests (Gemma 3, InternVL, Mistral 3): requests, one engine per fresh
 process, and the independent HF transformers reference (pruned visual tokens dropped
 before the forward pass, kept ones compacted)."""
 
@@ -69,7 +69,8 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
     """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
 
     ``token``: the visual token of the processed prompt. Each contiguous run of it is one
-    budget unit (an image with all its tiles, or one Gemma 3 view) and takes the next rows
+    budget unit (an InternVL image with all its tiles, a Gemma 3 view, a Mistral 3 row of
+    the image grid) and takes the next rows
     of the vision features, in prompt order; it keeps ``keep_count(run, ratio)`` of them.
     The selector sees the text tokens of the templated prompt (placeholders and special
     tokens removed). Positions are those of the pruned prompt (1-D: compacted); causal
@@ -83,8 +84,11 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
     visual = tok.convert_tokens_to_ids(token)
     special = set(tok.all_special_ids) | {visual}
     with torch.no_grad():
-        feats = model.model.get_image_features(pixel_values=inputs["pixel_values"])
+        sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}
+        feats = model.model.get_image_features(pixel_values=inputs["pixel_values"], **sizes)
         feats = getattr(feats, "pooler_output", feats)
+        if isinstance(feats, (list, tuple)):  # one tensor per image (Mistral 3)
+            feats = torch.cat(list(feats))
         feats = feats.reshape(-1, feats.shape[-1])  # every view's rows, in prompt order
         table = model.get_input_embeddings()
         scope = [t for t in tok(text, add_special_tokens=False).input_ids if t not in special]

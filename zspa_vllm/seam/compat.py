@@ -51,6 +51,8 @@ _MP = "zspa_vllm/seam/processor.py"
 _MG = "zspa_vllm/seam/gemma3.py"
 _IS1 = "vllm.model_executor.models.interns1"
 _MI = "zspa_vllm/seam/internvl.py"
+_M3 = "vllm.model_executor.models.mistral3"
+_MM = "zspa_vllm/seam/mistral3.py"
 _MQ = "zspa_vllm/seam/qwen_vl.py"
 
 FACTS: tuple[Fact, ...] = (
@@ -129,6 +131,12 @@ FACTS: tuple[Fact, ...] = (
     _f(_IS1, "InternS1ProcessingInfo.get_num_image_tokens", "image_width", "image_height",
        "processor", "mm_kwargs", by=_MI),
     _f(_IS1, "InternS1DummyInputsBuilder"),
+    # Mistral 3 (Pixtral tower).
+    _f(_M3, "Mistral3ForConditionalGeneration.embed_multimodal", by=_MM),
+    _f(_M3, "Mistral3MultiModalProcessor"),
+    _f(_M3, "Mistral3ProcessingInfo.get_vision_encoder_info", "mm_processor_kwargs", by=_MM),
+    _f(_M3, "Mistral3HFEncoderInfo.get_patch_grid_size", "image_width", "image_height", by=_MM),
+    _f(_M3, "Mistral3DummyInputsBuilder"),
     # Worker and config helpers.
     _f("vllm.utils.torch_utils", "get_kv_cache_torch_dtype", "cache_dtype", "model_dtype",
        by="zspa_vllm/seam/kv_size.py"),
