@@ -107,6 +107,14 @@ def tiny_mistral3(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory) -> str:
+    """A random-weight LLaVA-NeXT: base view + anyres crops with image_newline rows."""
+    from zspa_vllm.testing.tiny_llava_next import build_tiny_llava_next
+
+    return str(build_tiny_llava_next(tmp_path_factory.mktemp("llava-next")))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

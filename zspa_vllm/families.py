@@ -126,6 +126,22 @@ FAMILIES: tuple[Family, ...] = (
         checkpoints="LLaVA-1.5, llava-interleave-qwen (CLIP or SigLIP tower)",
     ),
     Family(
+        "LlavaNextForConditionalGeneration",
+        f"{_SEAM}.llava_next:PrunedLlavaNextForConditionalGeneration",
+        (
+            Media(
+                "image",
+                placeholder="image_token_index",
+                item_keys=("pixel_values", "image_embeds"),
+                pixels="pixel_values",  # per image: its base view and anyres crops
+                embeds="image_embeds",
+                per_item=("image_sizes",),
+            ),
+        ),
+        positions="1d",
+        checkpoints="LLaVA-NeXT (LLaVA-1.6: Vicuna, Mistral, 34B)",
+    ),
+    Family(
         "Qwen2VLForConditionalGeneration",
         f"{_SEAM}.qwen_vl:PrunedQwen2VLForConditionalGeneration",
         (_QWEN_IMAGE, _QWEN_VIDEO),

@@ -1,4 +1,4 @@
-"""Gemma 3, InternVL and Mistral 3 end to end on tiny random-weight checkpoints (real HF
+"""LLaVA-NeXT, Gemma 3, InternVL and Mistral 3 end to end on tiny random-weight checkpoints (real HF
 configs and processors): the 1-D RoPE families whose visual tokens sit between structure
 tokens.
 
@@ -45,6 +45,7 @@ CASES = {
         "<start_of_image>",
         "<image_soft_token>",
     ),
+    "llava_next": Case("tiny_llava_next", "USER: ", " ASSISTANT:", "<image>\n", "<image>"),
     "mistral3": Case("tiny_mistral3", "<s>[INST]", "[/INST]", "[IMG]", "[IMG]"),
     "internvl": Case(
         "tiny_internvl",
@@ -97,27 +98,22 @@ def _token_id(path: str, token: str) -> int:
     return AutoTokenizer.from_pretrained(path).convert_tokens_to_ids(token)
 
 
-def _runs(case: Case, path: str, text: str, seeds) -> list[int]:
-    """Lengths of the runs of visual tokens in the HF processor's prompt (independent of
-    vLLM): each run is one budget unit (an InternVL image, a Gemma 3 view, a Mistral 3 row)."""
-    from itertools import groupby
-
-    from transformers import AutoProcessor
-
-    ids = AutoProcessor.from_pretrained(path)(text=[text], images=[qimage(*s) for s in seeds])
-    visual = _token_id(path, case.visual)
-    return [len(list(g)) for t, g in groupby(ids["input_ids"][0].tolist()) if t == visual]
-
-
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_prompt_length(family, ratio):
+    """The pruned prompt of the independent HF pipeline (each run of visual tokens a budget
+    unit, structure rows kept): the same visual-token count and length. Which tokens are
+    kept does not change the counts, so the cheap uniform selection serves."""
     case, path, runs = family
     ((ids, _, _),) = runs[f"length {ratio}"]
     ((unpruned, _, _),) = runs["length 0.0"]
-    units = _runs(case, path, case.chat(case.image, "what is in this image?"), ONE)
-    keep = sum(pruning.keep_count(n, ratio) for n in units)
-    assert count(ids, _token_id(path, case.visual)) == keep
-    assert len(ids) == len(unpruned) - (sum(units) - keep)  # structure tokens all kept
+    text, images = case.chat(case.image, "what is in this image?"), [qimage(*s) for s in ONE]
+    ref = {"token": case.visual, "ratio": ratio, "select": pruning.uniform_select, "steps": 1}
+    want_ids = hf_reference(path, text, images, **ref)[2]
+    visual = _token_id(path, case.visual)
+    assert count(ids, visual) == count(want_ids, visual)
+    assert len(ids) == len(want_ids)
+    if ratio > 0:
+        assert len(ids) < len(unpruned)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])

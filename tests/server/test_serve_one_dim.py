@@ -1,11 +1,13 @@
-"""zspa-serve on tiny Gemma 3, InternVL and Mistral 3 over HTTP with the official openai client:
-per-request ratios on images (structure tokens kept), usage counts, a bad ratio refused."""
+"""zspa-serve on tiny LLaVA-NeXT, Gemma 3, InternVL and Mistral 3 over HTTP with the official
+openai client: per-request ratios on images (structure tokens kept), usage counts, a bad ratio
+refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support.engine import image
+from tests.support.onedim import count, hf_reference
 from tests.support.server import (
     API_KEY,
     Server,
@@ -23,6 +25,7 @@ FAMILIES = {
     "gemma3": ("tiny_gemma3", "<image_soft_token>", False),  # sliding-window layers
     "internvl": ("tiny_internvl", "<IMG_CONTEXT>", True),
     "mistral3": ("tiny_mistral3", "[IMG]", True),
+    "llava_next": ("tiny_llava_next", "<image>", True),
 }
 SIZE = 224
 
@@ -37,22 +40,21 @@ def served(request, tmp_path_factory):
     stop_server(proc)
 
 
-def per_image(path: str, visual: str) -> list[int]:
-    """The budget units of one SIZE x SIZE image: the runs of visual tokens in the HF
-    processor's prompt (independent of vLLM; Mistral 3: one per row of the grid)."""
-    from itertools import groupby
-
+def per_image(path: str, visual: str) -> dict[float, int]:
+    """Ratio -> visual-token slots of one SIZE x SIZE image in the prompt of the independent
+    HF pipeline (units and structure rows by its rules; the count does not depend on which
+    tokens are kept, so the cheap uniform selection serves)."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path)
     # image_token: what stands for an image in the prompt (Gemma 3: <start_of_image>).
-    ids = processor(text=[processor.image_token], images=[image(0, SIZE)])["input_ids"][0]
+    text = processor.image_token + "describe"  # some prompt text for the selector
     token = processor.tokenizer.convert_tokens_to_ids(visual)
-    return [len(list(g)) for t, g in groupby(list(ids)) if t == token]
-
-
-def kept(units: list[int], ratio: float) -> int:
-    return sum(pruning.keep_count(n, ratio) for n in units)
+    out = {}
+    for ratio in (0.0, 0.5, 0.75, 0.9):
+        ref = {"token": visual, "ratio": ratio, "select": pruning.uniform_select, "steps": 1}
+        out[ratio] = count(hf_reference(path, text, [image(0, SIZE)], **ref)[2], token)
+    return out
 
 
 def images(*seeds: int) -> list[dict]:
@@ -61,11 +63,11 @@ def images(*seeds: int) -> list[dict]:
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 def test_images_prune_at_the_requested_ratio(served, ratio):
-    server, units, full_layers = served
+    server, slots, full_layers = served
     for seeds in ([1], [2, 3]):
         stock = ask(server, images(*seeds), prune_ratio=0.0)
         pruned = ask(server, images(*seeds), prune_ratio=ratio)
-        full, after = sum(units) * len(seeds), kept(units, ratio) * len(seeds)
+        full, after = slots[0.0] * len(seeds), slots[ratio] * len(seeds)
         usage = pruned.usage.model_extra
         assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, after)
         # Only visual tokens go: the markers around each image stay.
@@ -78,9 +80,9 @@ def test_images_prune_at_the_requested_ratio(served, ratio):
 def test_bad_ratio_is_a_400_and_the_server_keeps_serving(served):
     from openai import BadRequestError
 
-    server, units, _ = served
+    server, slots, _ = served
     with pytest.raises(BadRequestError) as err:
         ask(server, images(4), prune_ratio=-0.1)
     assert "prune_ratio" in str(err.value)
     usage = ask(server, images(4), prune_ratio=0.75).usage.model_extra
-    assert usage["visual_tokens_after"] == kept(units, 0.75)
+    assert usage["visual_tokens_after"] == slots[0.75]

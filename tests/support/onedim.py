@@ -1,6 +1,6 @@
-"""The 1-D RoPE families in tests (Gemma 3, InternVL, Mistral 3): requests, one engine per fresh
-process, and the independent HF transformers reference (pruned visual tokens dropped
-before the forward pass, kept ones compacted)."""
+"""The 1-D RoPE families in tests (LLaVA-NeXT, Gemma 3, InternVL, Mistral 3): requests, one
+engine per fresh process, and the independent HF transformers reference (pruned visual tokens
+dropped before the forward pass, kept ones compacted)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
     """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
 
     ``token``: the visual token of the processed prompt. Each contiguous run of it is one
-    budget unit (an InternVL image with all its tiles, a Gemma 3 view, a Mistral 3 row of
-    the image grid) and takes the next rows
+    budget unit (an InternVL or LLaVA-NeXT image with all its tiles or crops, a Gemma 3
+    view, a Mistral 3 row of the image grid) and takes the next rows
     of the vision features, in prompt order; it keeps ``keep_count(run, ratio)`` of them.
     The selector sees the text tokens of the templated prompt (placeholders and special
     tokens removed). Positions are those of the pruned prompt (1-D: compacted); causal
@@ -95,6 +95,9 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
         prompt = table(torch.tensor(scope))
         embeds = table(ids)
         keep = torch.ones(len(ids), dtype=torch.bool)
+        # LLaVA-NeXT: rows equal to the learned image_newline are structure, always kept
+        # and outside the budget.
+        newline = getattr(model.model, "image_newline", None)
         i, row = 0, 0
         while i < len(ids):
             if int(ids[i]) != visual:
@@ -106,8 +109,13 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
             feat = feats[row : row + n]
             row += n
             embeds[i : i + n] = feat
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[select(feat, prompt, pruning.keep_count(n, ratio))] = True
+            fixed = torch.zeros(n, dtype=torch.bool)
+            if newline is not None:
+                fixed = (feat == newline).all(dim=-1)
+            scored = (~fixed).nonzero().squeeze(-1)
+            mask = fixed.clone()
+            kept = select(feat[scored], prompt, pruning.keep_count(len(scored), ratio))
+            mask[scored[kept]] = True
             keep[i : i + n] = mask
             i += n
         assert row == len(feats), (row, len(feats))

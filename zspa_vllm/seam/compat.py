@@ -47,6 +47,8 @@ _Q2 = "vllm.model_executor.models.qwen2_vl"
 _Q25 = "vllm.model_executor.models.qwen2_5_vl"
 _Q3 = "vllm.model_executor.models.qwen3_vl"
 _G3 = "vllm.model_executor.models.gemma3_mm"
+_LN = "vllm.model_executor.models.llava_next"
+_ML = "zspa_vllm/seam/llava_next.py"
 _MP = "zspa_vllm/seam/processor.py"
 _MG = "zspa_vllm/seam/gemma3.py"
 _IS1 = "vllm.model_executor.models.interns1"
@@ -82,6 +84,12 @@ FACTS: tuple[Fact, ...] = (
     _f(_LLAVA, "LlavaDummyInputsBuilder"),
     _f(_LLAVA, "_build_llava_or_pixtral_hf_info"),
     _f(_LLAVA, "_build_llava_or_pixtral_hf_processor", "info", "dummy_inputs"),
+    # LLaVA-NeXT.
+    _f(_LN, "LlavaNextForConditionalGeneration.embed_multimodal", by=_ML),
+    _f(_LN, "LlavaNextMultiModalProcessor"),
+    _f(_LN, "LlavaNextProcessingInfo"),
+    _f(_LN, "LlavaNextProcessingInfo._get_num_unpadded_features", "original_height",
+       "original_width", "npatches", "num_patch_height", "num_patch_width", by=_ML),
     # Qwen2-VL, Qwen2.5-VL, Qwen3-VL (M-RoPE).
     _f(_Q2, "Qwen2VLForConditionalGeneration.embed_multimodal", by=_MQ),
     _f(_Q2, "Qwen2VLForConditionalGeneration.get_mrope_input_positions", "input_tokens",

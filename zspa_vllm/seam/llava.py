@@ -32,8 +32,9 @@ from zspa_vllm.seam.worker import PruningModelMixin
 FAMILY = families.get("LlavaForConditionalGeneration")
 
 
-class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
-    zspa_family = FAMILY
+class LlavaTokenCount:
+    """``_zspa_tokens_before`` of the LLaVA processors (LLaVA, LLaVA-NeXT): the stock count
+    of every image, from its size (or its embedding rows)."""
 
     def _zspa_tokens_before(self, inputs: ProcessorInputs, result) -> int:
         images = inputs.mm_data_items.get("image")
@@ -47,6 +48,10 @@ class PruningLlavaProcessor(PruningProcessorMixin, LlavaMultiModalProcessor):
         assert isinstance(images, ImageProcessorItems)
         size = images.get_image_size(item_idx)
         return self.info.get_num_image_tokens(image_width=size.width, image_height=size.height)
+
+
+class PruningLlavaProcessor(LlavaTokenCount, PruningProcessorMixin, LlavaMultiModalProcessor):
+    zspa_family = FAMILY
 
 
 def _build_processor(info, dummy_inputs):

@@ -19,6 +19,7 @@ A family supplies ``zspa_family`` (its spec: modalities, placeholder tokens, ite
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -241,7 +242,16 @@ class PruningProcessorMixin:
         ratio = hf_processor_mm_kwargs.get(RATIO)
         if ratio is None:
             return updates
-        return [_pruned(u, ratio) if u.modality in self.zspa_modalities else u for u in updates]
+        fixed = functools.partial(self._zspa_fixed_slots, mm_items)
+        return [
+            _pruned(u, ratio, fixed) if u.modality in self.zspa_modalities else u for u in updates
+        ]
+
+    def _zspa_fixed_slots(self, mm_items, modality: str, item_idx: int) -> int:
+        """Embedding slots of an item that are structure, never pruned and not in its
+        budget (LLaVA-NeXT's image_newline rows); the worker keeps the same rows
+        (``PruningModelMixin._zspa_fixed_rows``)."""
+        return 0
 
 
 class ImageTokensFromInfo:
@@ -272,7 +282,7 @@ def _salted(item_hash: str, scope_ids: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _pruned(update: PromptReplacement, ratio: float) -> PromptReplacement:
+def _pruned(update: PromptReplacement, ratio: float, fixed) -> PromptReplacement:
     full = update.replacement
     if not callable(full):
         raise NotImplementedError(f"static {update.modality} replacement: {full!r}")
@@ -280,7 +290,8 @@ def _pruned(update: PromptReplacement, ratio: float) -> PromptReplacement:
     def pruned(item_idx: int):
         tokens = full(item_idx)
         if isinstance(tokens, list):  # N copies of the placeholder token
-            return tokens[: keep_count(len(tokens), ratio)]
+            n_fixed = fixed(update.modality, item_idx)
+            return tokens[: keep_count(len(tokens) - n_fixed, ratio) + n_fixed]
         if isinstance(tokens, PromptUpdateDetails) and tokens.is_embed is not None:
             return _pruned_details(tokens, ratio)
         raise NotImplementedError(f"{update.modality} replacement of type {type(tokens)}")

@@ -122,6 +122,13 @@ def select_units(
     return out
 
 
+def _with_fixed(kept: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Kept indices among the non-structure rows -> sorted item rows, structure included."""
+    visual = (~fixed).nonzero().squeeze(-1)
+    rows_kept = torch.cat([visual[kept.to(visual.device)], fixed.nonzero().squeeze(-1)])
+    return rows_kept.sort().values
+
+
 def warm_up(embeds: torch.Tensor | Sequence[torch.Tensor]) -> None:
     """Prepare the selection kernel during vLLM's profiling run, once per device.
 
@@ -191,7 +198,13 @@ class PruningModelMixin:
                 continue
             scored = [self._zspa_scored(e) for e in chunk]
             units = self._zspa_units(media, kwargs, chunk)
-            kept = select_units(scored, units, self.get_language_model().embed_input_ids, opts)
+            fixed = self._zspa_fixed_rows(media, kwargs, chunk)
+            if fixed is not None:  # structure rows: out of the budget, always kept
+                scored = [e[~f] for e, f in zip(scored, fixed, strict=True)]
+            table = self.get_language_model().embed_input_ids
+            kept = select_units(scored, units, table, opts)
+            if fixed is not None:
+                kept = [_with_fixed(k, f) for k, f in zip(kept, fixed, strict=True)]
             out += self._zspa_pack(media, kwargs, chunk, kept)
         assert start == len(embeds), (start, len(embeds))
         return tuple(out)
@@ -207,6 +220,12 @@ class PruningModelMixin:
         unit keeps ``keep_count(n_unit, ratio)`` of its own tokens: the prompt side,
         ``seam/processor._pruned``, cuts each run of the item's placeholders the same
         way); None: one budget per item."""
+        return None
+
+    def _zspa_fixed_rows(self, media, kwargs, chunk) -> list[torch.Tensor] | None:
+        """Per item, a bool mask of its structure rows (never pruned, not in the budget;
+        the prompt side keeps as many slots: ``PruningProcessorMixin._zspa_fixed_slots``);
+        None: every row is a visual token."""
         return None
 
     def _zspa_scored(self, emb: torch.Tensor) -> torch.Tensor:
