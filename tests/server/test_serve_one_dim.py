@@ -34,10 +34,13 @@ SIZE = 224
 def served(request, tmp_path_factory):
     fixture, visual, full_layers = FAMILIES[request.param]
     path = request.getfixturevalue(fixture)
+    slots = per_image(path, visual)  # before the server: nothing to leak if it fails
     log = tmp_path_factory.mktemp(f"serve-{request.param}") / "zspa-serve.log"
     proc, url = start_server(path, log, "--api-key", API_KEY)
-    yield Server(url=url, model=path, log=log), per_image(path, visual), full_layers
-    stop_server(proc)
+    try:
+        yield Server(url=url, model=path, log=log), slots, full_layers
+    finally:
+        stop_server(proc)
 
 
 def per_image(path: str, visual: str) -> dict[float, int]:
