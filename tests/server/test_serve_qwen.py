@@ -136,7 +136,7 @@ def test_unsupported_architectures_are_named_in_the_refusal():
         model_config = SimpleNamespace(architectures=list(archs))
         return SimpleNamespace(vllm_config=SimpleNamespace(model_config=model_config))
 
-    refusal = _pruning_refusal(state("LlavaNextForConditionalGeneration"))
-    assert "LlavaNextForConditionalGeneration" in refusal
+    refusal = _pruning_refusal(state("LlavaOnevisionForConditionalGeneration"))
+    assert "LlavaOnevisionForConditionalGeneration" in refusal
     assert "Qwen2_5_VLForConditionalGeneration" in refusal  # the supported list
     assert _pruning_refusal(state("Qwen3VLForConditionalGeneration")) is None
