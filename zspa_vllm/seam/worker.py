@@ -11,6 +11,7 @@ M-RoPE, its position plumbing."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -117,7 +118,8 @@ def select_units(
     kept = iter(select_rows(parts, embed_input_ids, options.repeat([len(u) for u in units])))
     out = []
     for u in units:
-        starts = [sum(u[:j]) for j in range(len(u))]
+        # Each unit's kept indices, shifted by where the unit starts in its item.
+        starts = itertools.accumulate(u[:-1], initial=0)
         out.append(torch.cat([next(kept) + s for s in starts]))
     return out
 
