@@ -115,6 +115,14 @@ def tiny_llava_next(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_onevision(tmp_path_factory) -> str:
+    """A random-weight LLaVA-OneVision: anyres crops (anyres_max_9 shrink), pooled videos."""
+    from zspa_vllm.testing.tiny_llava_onevision import build_tiny_llava_onevision
+
+    return str(build_tiny_llava_onevision(tmp_path_factory.mktemp("llava-onevision")))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_5_vl(tmp_path_factory) -> str:
     """Qwen2.5-VL alone (the server tests need one Qwen model, not the parametrized pair)."""
     from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl

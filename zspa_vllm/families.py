@@ -107,6 +107,15 @@ _QWEN_VIDEO = Media(
     embeds="video_embeds",
     per_item=("second_per_grid_ts", "timestamps"),
 )
+# LLaVA-NeXT and LLaVA-OneVision: per image, its base view and anyres crops.
+_ANYRES_IMAGE = Media(
+    "image",
+    placeholder="image_token_index",
+    item_keys=("pixel_values", "image_embeds"),
+    pixels="pixel_values",
+    embeds="image_embeds",
+    per_item=("image_sizes",),
+)
 _SEAM = "zspa_vllm.seam"
 
 FAMILIES: tuple[Family, ...] = (
@@ -128,18 +137,24 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "LlavaNextForConditionalGeneration",
         f"{_SEAM}.llava_next:PrunedLlavaNextForConditionalGeneration",
+        (_ANYRES_IMAGE,),
+        positions="1d",
+        checkpoints="LLaVA-NeXT (LLaVA-1.6: Vicuna, Mistral, 34B)",
+    ),
+    Family(
+        "LlavaOnevisionForConditionalGeneration",
+        f"{_SEAM}.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration",
         (
+            _ANYRES_IMAGE,
             Media(
-                "image",
-                placeholder="image_token_index",
-                item_keys=("pixel_values", "image_embeds"),
-                pixels="pixel_values",  # per image: its base view and anyres crops
-                embeds="image_embeds",
-                per_item=("image_sizes",),
+                "video",
+                placeholder="video_token_index",
+                item_keys=("pixel_values_videos",),
+                pixels="pixel_values_videos",  # per video: its frames
             ),
         ),
         positions="1d",
-        checkpoints="LLaVA-NeXT (LLaVA-1.6: Vicuna, Mistral, 34B)",
+        checkpoints="LLaVA-OneVision (0.5B, 7B, 72B; images and videos)",
     ),
     Family(
         "Qwen2VLForConditionalGeneration",

@@ -1,13 +1,14 @@
-"""LLaVA-NeXT, Gemma 3, InternVL and Mistral 3 end to end on tiny random-weight checkpoints (real HF
-configs and processors): the 1-D RoPE families whose visual tokens sit between structure
-tokens.
+"""LLaVA-NeXT, LLaVA-OneVision, Gemma 3, InternVL and Mistral 3 end to end on tiny
+random-weight checkpoints (real HF configs and processors): the 1-D RoPE families whose
+visual tokens sit between structure tokens.
 
 Per family, one engine in a fresh process (``tests.support.onedim.run_batches``) with
 prefix caching and chunked prefill on (a 32-token step budget: every image prompt is
 prefilled in several chunks), and the bar of every family: exact prompt lengths with every
 structure token kept, logprobs against the independent HF pipeline (with a control that must
 differ), ratio 0 equal to the plugin disabled and to HF, a mixed batch equal to single runs,
-and a cached repeat equal to the first run. Gemma 3's pan-and-scan: test_gemma3.py."""
+and a cached repeat equal to the first run. Gemma 3's pan-and-scan: test_gemma3.py;
+LLaVA-OneVision's videos: test_llava_onevision.py."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class Case:
     tail: str  # from the end of the user's content to the generation header
     image: str  # an image's placeholder in the templated prompt
     visual: str  # the token vLLM repeats per visual token
+    # Image sizes ([seed, w, h]): one image; two images; the mixed batch's (seed varies).
+    one: tuple = ((1, 300, 200),)
+    two: tuple = ((2, 280, 448), (3, 336, 336))
+    mixed: tuple = (300, 200)
 
     def chat(self, *parts: str) -> str:
         return self.head + "".join(parts) + self.tail
@@ -46,6 +51,18 @@ CASES = {
         "<image_soft_token>",
     ),
     "llava_next": Case("tiny_llava_next", "USER: ", " ASSISTANT:", "<image>\n", "<image>"),
+    # Sizes within the encoder cache vLLM sizes for the tiny grid pinpoints (its profiling
+    # image, 1153 x 944, is not the largest there); 610 x 500 is shrunk by anyres_max_9.
+    "llava_onevision": Case(
+        "tiny_llava_onevision",
+        "USER: ",
+        " ASSISTANT:",
+        "<image>\n",
+        "<image>",
+        one=((1, 200, 150),),
+        two=((2, 240, 160), (3, 610, 500)),
+        mixed=(200, 150),
+    ),  # fmt: skip
     "mistral3": Case("tiny_mistral3", "<s>[INST]", "[/INST]", "[IMG]", "[IMG]"),
     "internvl": Case(
         "tiny_internvl",
@@ -55,9 +72,7 @@ CASES = {
         "<IMG_CONTEXT>",
     ),
 }
-ONE = [[1, 300, 200]]
 BUDGETS = (1, 10**6)  # each image alone; both images in one vision-tower call
-TWO = [[2, 280, 448], [3, 336, 336]]
 
 
 def batches(case: Case) -> dict:
@@ -67,19 +82,19 @@ def batches(case: Case) -> dict:
     mixed = [
         [
             case.chat(case.image, f"q{i}"),
-            [[50 + i, 300, 200]],
+            [[50 + i, *case.mixed]],
             {"prune_ratio": r, "prune_method": m},
         ]
         for i, (r, m) in enumerate(options)
     ]
     return {
-        **{f"length {r}": [[one, ONE, {"prune_ratio": r}]] for r in RATIOS},
-        **{f"hf {r}": [[two, TWO, {"prune_ratio": r}]] for r in (0.0, 0.5, 0.9)},
+        **{f"length {r}": [[one, case.one, {"prune_ratio": r}]] for r in RATIOS},
+        **{f"hf {r}": [[two, case.two, {"prune_ratio": r}]] for r in (0.0, 0.5, 0.9)},
         "mixed": mixed,
         **{f"single {i}": [req] for i, req in enumerate(mixed)},
-        "stock": [[one, ONE, {}], [case.chat("no image here"), [], {}]],
+        "stock": [[one, case.one, {}], [case.chat("no image here"), [], {}]],
         # The same request again: its image and prompt blocks now come from the caches.
-        "again": [[two, TWO, {"prune_ratio": 0.5}]],
+        "again": [[two, case.two, {"prune_ratio": 0.5}]],
     }
 
 
@@ -106,7 +121,7 @@ def test_prompt_length(family, ratio):
     case, path, runs = family
     ((ids, _, _),) = runs[f"length {ratio}"]
     ((unpruned, _, _),) = runs["length 0.0"]
-    text, images = case.chat(case.image, "what is in this image?"), [qimage(*s) for s in ONE]
+    text, images = case.chat(case.image, "what is in this image?"), [qimage(*s) for s in case.one]
     ref = {"token": case.visual, "ratio": ratio, "select": pruning.uniform_select, "steps": 1}
     want_ids = hf_reference(path, text, images, **ref)[2]
     visual = _token_id(path, case.visual)
@@ -121,7 +136,7 @@ def test_matches_hf_with_kept_tokens_compacted(family, ratio):
     case, path, runs = family
     run = runs[f"hf {ratio}"][0]
     text = case.chat(case.image, "compare the sky with the sea", case.image, "how many objects?")
-    images = [qimage(*s) for s in TWO]
+    images = [qimage(*s) for s in case.two]
     ref = {"token": case.visual, "ratio": ratio}
     assert_matches(run, hf_reference(path, text, images, select=pruning.zspa_select, **ref))
     got = run[2]
@@ -145,7 +160,7 @@ def test_encoder_budget_split_gives_the_one_call_result(family):
     two = case.chat(case.image, "compare the sky with the sea", case.image, "how many objects?")
     options = {"prune_ratio": 0.5, "prune_method": "divprune"}
     batches = {
-        f"budget {b}": [[two, TWO, options | {"prune_core_ratio": core}]]
+        f"budget {b}": [[two, case.two, options | {"prune_core_ratio": core}]]
         for b, core in zip(BUDGETS, (0.6, 0.5), strict=True)
     }
     budgets = {name: b for name, b in zip(batches, BUDGETS, strict=True)}

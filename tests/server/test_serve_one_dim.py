@@ -1,6 +1,7 @@
-"""zspa-serve on tiny LLaVA-NeXT, Gemma 3, InternVL and Mistral 3 over HTTP with the official
-openai client: per-request ratios on images (structure tokens kept), usage counts, a bad ratio
-refused."""
+"""zspa-serve on tiny LLaVA-NeXT, LLaVA-OneVision, Gemma 3, InternVL and Mistral 3 over HTTP
+with the official openai client: per-request ratios on images (structure tokens kept), videos
+(LLaVA-OneVision; refused with a ratio where a family does not prune them), usage counts, a bad
+ratio refused."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.support.server import (
     ask,
     data_url,
     kv_bytes_per_token,
+    mp4_url,
     start_server,
     stop_server,
 )
@@ -26,7 +28,9 @@ FAMILIES = {
     "internvl": ("tiny_internvl", "<IMG_CONTEXT>", True),
     "mistral3": ("tiny_mistral3", "[IMG]", True),
     "llava_next": ("tiny_llava_next", "<image>", True),
+    "llava_onevision": ("tiny_llava_onevision", "<image>", True),
 }
+VIDEOS = {"llava_onevision": "<video>"}  # the families that prune videos: their video token
 SIZE = 224
 
 
@@ -34,11 +38,16 @@ SIZE = 224
 def served(request, tmp_path_factory):
     fixture, visual, full_layers = FAMILIES[request.param]
     path = request.getfixturevalue(fixture)
-    slots = per_image(path, visual)  # before the server: nothing to leak if it fails
+    # Before the server: nothing to leak if they fail.
+    slots = per_image(path, visual)
+    video = VIDEOS.get(request.param)
+    video_slots = per_video(path, video) if video else None
     log = tmp_path_factory.mktemp(f"serve-{request.param}") / "zspa-serve.log"
-    proc, url = start_server(path, log, "--api-key", API_KEY)
+    limits = ["--limit-mm-per-prompt", '{"image": 2, "video": 1}'] if video else []
+    proc, url = start_server(path, log, "--api-key", API_KEY, *limits)
     try:
-        yield Server(url=url, model=path, log=log), slots, full_layers
+        server = Server(url=url, model=path, log=log)
+        yield server, slots, full_layers, video_slots
     finally:
         stop_server(proc)
 
@@ -60,13 +69,33 @@ def per_image(path: str, visual: str) -> dict[float, int]:
     return out
 
 
+def per_video(path: str, visual: str) -> dict[float, int]:
+    """Ratio -> video-token slots of one 4-frame video (``mp4_url``'s size) in the prompt of
+    the independent HF pipeline."""
+    from transformers import AutoProcessor
+
+    from tests.support.qwen import qvideo
+
+    processor = AutoProcessor.from_pretrained(path)
+    token = processor.tokenizer.convert_tokens_to_ids(visual)
+    out = {}
+    for ratio in (0.0, 0.5):
+        ref = {"ratio": ratio, "select": pruning.uniform_select, "steps": 1}
+        ids = hf_reference(
+            path, visual + "describe", [], videos=[qvideo(0)], token=visual, video_token=visual,
+            **ref,
+        )[2]  # fmt: skip
+        out[ratio] = count(ids, token)
+    return out
+
+
 def images(*seeds: int) -> list[dict]:
     return [{"type": "image_url", "image_url": {"url": data_url(s, SIZE)}} for s in seeds]
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 def test_images_prune_at_the_requested_ratio(served, ratio):
-    server, slots, full_layers = served
+    server, slots, full_layers, _ = served
     for seeds in ([1], [2, 3]):
         stock = ask(server, images(*seeds), prune_ratio=0.0)
         pruned = ask(server, images(*seeds), prune_ratio=ratio)
@@ -83,9 +112,33 @@ def test_images_prune_at_the_requested_ratio(served, ratio):
 def test_bad_ratio_is_a_400_and_the_server_keeps_serving(served):
     from openai import BadRequestError
 
-    server, slots, _ = served
+    server, slots, _, _ = served
     with pytest.raises(BadRequestError) as err:
         ask(server, images(4), prune_ratio=-0.1)
     assert "prune_ratio" in str(err.value)
     usage = ask(server, images(4), prune_ratio=0.75).usage.model_extra
     assert usage["visual_tokens_after"] == slots[0.75]
+
+
+def test_videos_prune_or_are_refused(served):
+    """LLaVA-OneVision prunes a video (one budget over its frames, the newline kept) and an
+    image with it; a family that does not prune videos answers a video with a ratio with a
+    400 naming the modality, and keeps serving."""
+    from openai import BadRequestError
+
+    server, slots, _, video_slots = served
+    video = {"type": "video_url", "video_url": {"url": mp4_url(2)}}
+    if video_slots is None:
+        with pytest.raises(BadRequestError) as err:
+            ask(server, [video], prune_ratio=0.5)
+        assert "video" in str(err.value)
+        assert ask(server, images(5), prune_ratio=0.5).usage.model_extra["visual_tokens_after"]
+        return
+    for parts, n in (([video], 0), ([video, *images(6)], 1)):
+        stock = ask(server, parts, prune_ratio=0.0)
+        pruned = ask(server, parts, prune_ratio=0.5)
+        full = video_slots[0.0] + n * slots[0.0]
+        after = video_slots[0.5] + n * slots[0.5]
+        usage = pruned.usage.model_extra
+        assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (full, after)
+        assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == full - after

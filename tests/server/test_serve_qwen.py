@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 import pytest
 
 from tests.support.qwen import qimage
@@ -15,6 +14,7 @@ from tests.support.server import (
     Server,
     ask,
     kv_bytes_per_token,
+    mp4_url,
     start_server,
     stop_server,
 )
@@ -38,20 +38,6 @@ def png_url(seed: int, w: int, h: int) -> str:
     buf = io.BytesIO()
     qimage(seed, w, h).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def mp4_url(seed: int, frames: int = 4, w: int = 168, h: int = 112) -> str:
-    import tempfile
-
-    import cv2
-
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
-        writer = cv2.VideoWriter(f.name, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (w, h))
-        rng = np.random.RandomState(seed)
-        for _ in range(frames):
-            writer.write((rng.rand(h, w, 3) * 255).astype("uint8"))
-        writer.release()
-        return "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
@@ -136,7 +122,7 @@ def test_unsupported_architectures_are_named_in_the_refusal():
         model_config = SimpleNamespace(architectures=list(archs))
         return SimpleNamespace(vllm_config=SimpleNamespace(model_config=model_config))
 
-    refusal = _pruning_refusal(state("LlavaOnevisionForConditionalGeneration"))
-    assert "LlavaOnevisionForConditionalGeneration" in refusal
+    refusal = _pruning_refusal(state("PixtralForConditionalGeneration"))
+    assert "PixtralForConditionalGeneration" in refusal
     assert "Qwen2_5_VLForConditionalGeneration" in refusal  # the supported list
     assert _pruning_refusal(state("Qwen3VLForConditionalGeneration")) is None

@@ -9,12 +9,14 @@ import functools
 import torch
 
 from tests.support.engine import greedy
-from tests.support.qwen import qimage
+from tests.support.qwen import qimage, qvideo
 from zspa_vllm import pruning
 
 
-def request(text: str, images=(), **kwargs) -> dict:
+def request(text: str, images=(), videos=(), **kwargs) -> dict:
     data = {"image": list(images)} if images else {}
+    if videos:
+        data["video"] = list(videos)
     return {"prompt": text, "multi_modal_data": data, "mm_processor_kwargs": kwargs}
 
 
@@ -33,7 +35,12 @@ def run_batches(payload: dict) -> dict:
     llm = LLM(**engine_kwargs(payload["model"], **payload.get("engine", {})))
     out = {}
     for name, specs in payload["batches"].items():
-        reqs = [request(t, [qimage(*s) for s in imgs], **kw) for t, imgs, kw in specs]
+        reqs = [
+            request(
+                t, [qimage(*s) for s in imgs], [qvideo(*v) for v in vids[0]] if vids else (), **kw
+            )
+            for t, imgs, kw, *vids in specs
+        ]
         budget = payload.get("budgets", {}).get(name)
         if budget is not None:
             llm.apply_model(functools.partial(tower_probe, tower="vision_tower", budget=budget))
@@ -65,49 +72,56 @@ def _hf(path: str):
     return model.eval(), transformers.AutoProcessor.from_pretrained(path)
 
 
-def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=None, steps=4):
+def hf_reference(
+    path, text, images, *, token, ratio, select, videos=(), video_token=None,
+    processor_kwargs=None, steps=4,
+):  # fmt: skip
     """(first-step log-probs, greedy tokens, pruned prompt ids) from HF transformers.
 
-    ``token``: the visual token of the processed prompt. Each contiguous run of it is one
-    budget unit (an InternVL or LLaVA-NeXT image with all its tiles or crops, a Gemma 3
-    view, a Mistral 3 row of the image grid) and takes the next rows
-    of the vision features, in prompt order; it keeps ``keep_count(run, ratio)`` of them.
-    The selector sees the text tokens of the templated prompt (placeholders and special
-    tokens removed). Positions are those of the pruned prompt (1-D: compacted); causal
-    attention, as vLLM's CPU backend runs every model."""
+    ``token``: the visual token of the processed prompt (``video_token``: a video's). Each
+    contiguous run of it is one budget unit (an InternVL or LLaVA-NeXT image with all its
+    tiles or crops, a Gemma 3 view, a Mistral 3 row of the image grid, a LLaVA-OneVision
+    video) and takes the next rows of the vision features, in prompt order; it keeps
+    ``keep_count(run, ratio)`` of them. The selector sees the text tokens of the templated
+    prompt (placeholders and special tokens removed). Positions are those of the pruned
+    prompt (1-D: compacted); causal attention, as vLLM's CPU backend runs every model."""
     model, processor = _hf(path)
-    inputs = processor(
-        text=[text], images=list(images), return_tensors="pt", **(processor_kwargs or {})
-    )
+    media = {"images": list(images)} if images else {}
+    if videos:
+        media["videos"] = list(videos)
+    inputs = processor(text=[text], **media, return_tensors="pt", **(processor_kwargs or {}))
     ids = inputs["input_ids"][0]
     tok = processor.tokenizer
-    visual = tok.convert_tokens_to_ids(token)
-    special = set(tok.all_special_ids) | {visual}
+    feats = {}  # visual token id -> the features its runs take, in prompt order
     with torch.no_grad():
-        sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}
-        feats = model.model.get_image_features(pixel_values=inputs["pixel_values"], **sizes)
-        feats = getattr(feats, "pooler_output", feats)
-        if isinstance(feats, (list, tuple)):  # one tensor per image (Mistral 3)
-            feats = torch.cat(list(feats))
-        feats = feats.reshape(-1, feats.shape[-1])  # every view's rows, in prompt order
+        if images:
+            sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}
+            f = model.model.get_image_features(pixel_values=inputs["pixel_values"], **sizes)
+            feats[tok.convert_tokens_to_ids(token)] = _rows(f)
+        if videos:
+            f = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+            feats[tok.convert_tokens_to_ids(video_token)] = _rows(f)
+        special = set(tok.all_special_ids) | set(feats)
         table = model.get_input_embeddings()
         scope = [t for t in tok(text, add_special_tokens=False).input_ids if t not in special]
         prompt = table(torch.tensor(scope))
         embeds = table(ids)
         keep = torch.ones(len(ids), dtype=torch.bool)
-        # LLaVA-NeXT: rows equal to the learned image_newline are structure, always kept
-        # and outside the budget.
+        # LLaVA-NeXT / OneVision: rows equal to the learned image_newline are structure,
+        # always kept and outside the budget.
         newline = getattr(model.model, "image_newline", None)
-        i, row = 0, 0
+        taken = dict.fromkeys(feats, 0)
+        i = 0
         while i < len(ids):
-            if int(ids[i]) != visual:
+            visual = int(ids[i])
+            if visual not in feats:
                 i += 1
                 continue
             n = 1
             while i + n < len(ids) and int(ids[i + n]) == visual:
                 n += 1
-            feat = feats[row : row + n]
-            row += n
+            feat = feats[visual][taken[visual] : taken[visual] + n]
+            taken[visual] += n
             embeds[i : i + n] = feat
             fixed = torch.zeros(n, dtype=torch.bool)
             if newline is not None:
@@ -118,7 +132,7 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
             mask[scored[kept]] = True
             keep[i : i + n] = mask
             i += n
-        assert row == len(feats), (row, len(feats))
+        assert all(taken[t] == len(f) for t, f in feats.items()), taken
         x = embeds[keep]
         tokens, first = [], None
         for _ in range(steps):
@@ -129,6 +143,14 @@ def hf_reference(path, text, images, *, token, ratio, select, processor_kwargs=N
             tokens.append(token_id)
             x = torch.cat([x, table(torch.tensor([token_id]))])
     return first, tokens, ids[keep].tolist()
+
+
+def _rows(feats) -> torch.Tensor:
+    """Every view's (or frame's) feature rows, in prompt order."""
+    feats = getattr(feats, "pooler_output", feats)
+    if isinstance(feats, (list, tuple)):  # one tensor per image (Mistral 3, LLaVA-NeXT)
+        feats = torch.cat(list(feats))
+    return feats.reshape(-1, feats.shape[-1])
 
 
 def assert_matches(run, reference) -> None:

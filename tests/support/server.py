@@ -59,6 +59,22 @@ def data_url(seed: int, size: int = 336) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def mp4_url(seed: int, frames: int = 4, w: int = 168, h: int = 112) -> str:
+    """An mp4 data URL of ``frames`` random frames at 2 fps (what a client uploads)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        writer = cv2.VideoWriter(f.name, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (w, h))
+        rng = np.random.RandomState(seed)
+        for _ in range(frames):
+            writer.write((rng.rand(h, w, 3) * 255).astype("uint8"))
+        writer.release()
+        return "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
+
+
 def messages(question: str, *seeds: int) -> list[dict]:
     parts = [{"type": "image_url", "image_url": {"url": data_url(s)}} for s in seeds]
     return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]

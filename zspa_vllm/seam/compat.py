@@ -49,6 +49,8 @@ _Q3 = "vllm.model_executor.models.qwen3_vl"
 _G3 = "vllm.model_executor.models.gemma3_mm"
 _LN = "vllm.model_executor.models.llava_next"
 _ML = "zspa_vllm/seam/llava_next.py"
+_LO = "vllm.model_executor.models.llava_onevision"
+_MO = "zspa_vllm/seam/llava_onevision.py"
 _MP = "zspa_vllm/seam/processor.py"
 _MG = "zspa_vllm/seam/gemma3.py"
 _IS1 = "vllm.model_executor.models.interns1"
@@ -90,6 +92,15 @@ FACTS: tuple[Fact, ...] = (
     _f(_LN, "LlavaNextProcessingInfo"),
     _f(_LN, "LlavaNextProcessingInfo._get_num_unpadded_features", "original_height",
        "original_width", "npatches", "num_patch_height", "num_patch_width", by=_ML),
+    # LLaVA-OneVision (images as LLaVA-NeXT; videos).
+    _f(_LO, "LlavaOnevisionForConditionalGeneration.embed_multimodal", by=_MO),
+    _f(_LO, "LlavaOnevisionForConditionalGeneration.image_newline", by=_MO),
+    _f(_LO, "LlavaOnevisionMultiModalProcessor"),
+    _f(_LO, "LlavaOnevisionProcessingInfo.get_num_video_tokens", "image_width", "image_height",
+       "num_frames", by=_MO),
+    _f(_LO, "LlavaOnevisionProcessingInfo._get_num_unpadded_features", "original_height",
+       "original_width", "npatches", "num_patch_height", "num_patch_width", by=_MO),
+    _f(_LO, "LlavaOnevisionDummyInputsBuilder"),
     # Qwen2-VL, Qwen2.5-VL, Qwen3-VL (M-RoPE).
     _f(_Q2, "Qwen2VLForConditionalGeneration.embed_multimodal", by=_MQ),
     _f(_Q2, "Qwen2VLForConditionalGeneration.get_mrope_input_positions", "input_tokens",

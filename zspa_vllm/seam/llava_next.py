@@ -36,23 +36,29 @@ class PruningLlavaNextProcessor(
     zspa_family = FAMILY
 
     def _zspa_fixed_slots(self, mm_items, modality: str, item_idx: int) -> int:
-        images = mm_items.get_items("image", ImageProcessorItems)  # embeddings: not pruned
-        size = images.get_image_size(item_idx)
-        info, config = self.info, self.info.get_hf_config()
-        encoder = info.get_vision_encoder_info()
-        rows, cols = get_anyres_image_grid_shape(
-            image_size=(size.height, size.width),
-            grid_pinpoints=config.image_grid_pinpoints,
-            patch_size=encoder.get_image_size(),
-        )
-        _, newlines = info._get_num_unpadded_features(
-            original_height=size.height,
-            original_width=size.width,
-            npatches=encoder.get_patch_grid_length(),
-            num_patch_height=rows,
-            num_patch_width=cols,
-        )
-        return newlines
+        return image_newlines(self.info, mm_items, item_idx)
+
+
+def image_newlines(info, mm_items, item_idx: int) -> int:
+    """The ``image_newline`` rows of an image: one per row of its unpadded crop grid, as
+    the stock processing info counts them (LLaVA-OneVision's also after its anyres-max
+    shrink)."""
+    images = mm_items.get_items("image", ImageProcessorItems)  # embeddings: not pruned
+    size = images.get_image_size(item_idx)
+    config, encoder = info.get_hf_config(), info.get_vision_encoder_info()
+    rows, cols = get_anyres_image_grid_shape(
+        image_size=(size.height, size.width),
+        grid_pinpoints=config.image_grid_pinpoints,
+        patch_size=encoder.get_image_size(),
+    )
+    _, newlines = info._get_num_unpadded_features(
+        original_height=size.height,
+        original_width=size.width,
+        npatches=encoder.get_patch_grid_length(),
+        num_patch_height=rows,
+        num_patch_width=cols,
+    )
+    return newlines
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -64,13 +70,22 @@ class PrunedLlavaNextForConditionalGeneration(PruningModelMixin, LlavaNextForCon
     zspa_family = FAMILY
 
     def _zspa_item_tokens(self, media, kwargs) -> list[int]:
-        # What the tower encodes: every view (base + crops) at its full patch grid.
-        vision = self.config.vision_config
-        per_view = (vision.image_size // vision.patch_size) ** 2
-        return [int(p.shape[0]) * per_view for p in kwargs[media.pixels]]
+        return tower_tokens(self.config, kwargs[media.pixels])
 
     def _zspa_fixed_rows(self, media, kwargs, chunk) -> list[torch.Tensor]:
-        # The newline rows are copies of the learned image_newline vector (vLLM's
-        # _merge_image_patch_embeddings appends it after every unpadded row).
-        newline = self.image_newline.to(chunk[0].device, chunk[0].dtype)
-        return [(e == newline).all(dim=-1) for e in chunk]
+        return newline_rows(self.image_newline, chunk)
+
+
+def tower_tokens(config, pixels) -> list[int]:
+    """What the tower encodes per item: every view (base + crops; a video's frames) at its
+    full patch grid."""
+    vision = config.vision_config
+    per_view = (vision.image_size // vision.patch_size) ** 2
+    return [int(p.shape[0]) * per_view for p in pixels]
+
+
+def newline_rows(image_newline: torch.Tensor, chunk) -> list[torch.Tensor]:
+    """The structure rows of each item: copies of the learned ``image_newline`` vector (vLLM's
+    ``_merge_image_patch_embeddings`` appends it after every unpadded row)."""
+    newline = image_newline.to(chunk[0].device, chunk[0].dtype)
+    return [(e == newline).all(dim=-1) for e in chunk]
