@@ -83,6 +83,23 @@ def tiny_qwen3_vl_moe(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_5(tmp_path_factory) -> str:
+    """A random-weight Qwen3.5: a Gated DeltaNet layer and a full-attention layer."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen3_5"), variant="qwen3_5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_moe(tmp_path_factory) -> str:
+    """Qwen3.5-MoE: as tiny_qwen3_5, every MLP 4 experts (2 per token) + a shared expert."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    path = tmp_path_factory.mktemp("qwen3_5_moe")
+    return str(build_tiny_qwen_vl(path, variant="qwen3_5_moe"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma3(tmp_path_factory) -> str:
     """A random-weight Gemma 3 checkpoint (SigLIP pooled to 64 soft tokens, sliding window)."""
     from zspa_vllm.testing.tiny_gemma3 import build_tiny_gemma3

@@ -188,6 +188,22 @@ FAMILIES: tuple[Family, ...] = (
         checkpoints="Qwen3-VL-MoE (30B-A3B, 235B-A22B)",
     ),
     Family(
+        "Qwen3_5ForConditionalGeneration",
+        f"{_SEAM}.qwen3_5:PrunedQwen3_5ForConditionalGeneration",
+        (_QWEN_IMAGE, _QWEN_VIDEO),  # as Qwen3-VL (no deepstack columns)
+        positions="mrope",
+        scored="main",
+        checkpoints="Qwen3.5 (dense)",
+    ),
+    Family(
+        "Qwen3_5MoeForConditionalGeneration",
+        f"{_SEAM}.qwen3_5:PrunedQwen3_5MoeForConditionalGeneration",
+        (_QWEN_IMAGE, _QWEN_VIDEO),
+        positions="mrope",
+        scored="main",
+        checkpoints="Qwen3.5-MoE",
+    ),
+    Family(
         "Gemma3ForConditionalGeneration",
         f"{_SEAM}.gemma3:PrunedGemma3ForConditionalGeneration",
         (

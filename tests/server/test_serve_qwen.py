@@ -126,3 +126,26 @@ def test_unsupported_architectures_are_named_in_the_refusal():
     assert "PixtralForConditionalGeneration" in refusal
     assert "Qwen2_5_VLForConditionalGeneration" in refusal  # the supported list
     assert _pruning_refusal(state("Qwen3VLForConditionalGeneration")) is None
+
+
+def test_qwen3_5_images_and_videos_prune(tiny_qwen3_5, tmp_path):
+    """Qwen3.5 in bfloat16 (vLLM's CPU Gated DeltaNet needs it): the Qwen3-VL counts; no KV
+    bytes claimed (a hybrid model's Gated DeltaNet layers keep no per-token KV)."""
+    log = tmp_path / "zspa-serve-qwen3_5.log"
+    limits = ["--limit-mm-per-prompt", '{"image": 2, "video": 1}']
+    proc, url = start_server(
+        tiny_qwen3_5, log, "--api-key", API_KEY, *limits, "--dtype", "bfloat16"
+    )
+    try:
+        server = Server(url=url, model=tiny_qwen3_5, log=log)
+        image = {"type": "image_url", "image_url": {"url": png_url(4, 480, 320)}}  # 15 x 10
+        video = {"type": "video_url", "video_url": {"url": mp4_url(5)}}  # 2 frames of 4 x 5
+        stock = ask(server, [image, video], prune_ratio=0.0)
+        pruned = ask(server, [image, video], prune_ratio=0.5)
+        kept = pruning.keep_count(150, 0.5) + 2 * pruning.keep_count(20, 0.5)
+        usage = pruned.usage.model_extra
+        assert (usage["visual_tokens_before"], usage["visual_tokens_after"]) == (150 + 40, kept)
+        assert stock.usage.prompt_tokens - pruned.usage.prompt_tokens == 150 + 40 - kept
+        assert usage["kv_cache_bytes_saved"] is None
+    finally:
+        stop_server(proc)

@@ -73,6 +73,10 @@ def visual_tokens(ids) -> int:
 # -- the independent HF reference ------------------------------------------------------
 
 
+# vLLM 0.32's CPU Gated DeltaNet runs in bfloat16 only: Qwen3.5 runs in bfloat16 on both sides.
+DTYPE = {"qwen3_5": torch.bfloat16, "qwen3_5_moe": torch.bfloat16}
+
+
 @functools.lru_cache(maxsize=2)
 def _hf(path: str, variant: str):
     import transformers
@@ -82,8 +86,10 @@ def _hf(path: str, variant: str):
         "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration,
         "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
         "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_5": transformers.Qwen3_5ForConditionalGeneration,
+        "qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration,
     }[variant]
-    model = cls.from_pretrained(path, dtype=torch.float32).eval()
+    model = cls.from_pretrained(path, dtype=DTYPE.get(variant, torch.float32)).eval()
     return model, transformers.AutoProcessor.from_pretrained(path)
 
 
@@ -264,7 +270,8 @@ def run_batches(payload: dict) -> dict:
     """For ``run_fresh``: one engine on ``payload["model"]``, then each named batch of
     ``[text, [[seed, w, h]...] images, [seed...] videos, options]`` requests generated
     together. Per batch: ``[prompt ids, signature, {token: first-step logprob}]`` per
-    request, or ``{"error": message}`` if the batch was refused.
+    request, or ``{"error": message}`` if the batch was refused. ``payload["engine"]``:
+    engine overrides.
 
     For models that must not share a process with other engines (vLLM's parallel groups
     are process-global: a MoE engine after a dense one finds no expert-parallel group)."""
@@ -272,7 +279,8 @@ def run_batches(payload: dict) -> dict:
 
     from tests.support.engine import engine_kwargs
 
-    llm = LLM(**engine_kwargs(payload["model"], limit_mm_per_prompt={"image": 4, "video": 2}))
+    limits = {"limit_mm_per_prompt": {"image": 4, "video": 2}}
+    llm = LLM(**engine_kwargs(payload["model"], **limits | payload.get("engine", {})))
     variant, out = payload["variant"], {}
     for name, specs in payload["batches"].items():
         reqs = [

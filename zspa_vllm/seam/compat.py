@@ -137,6 +137,15 @@ FACTS: tuple[Fact, ...] = (
     _f("vllm.model_executor.models.qwen3_vl_moe", "Qwen3VLMoeProcessingInfo",
        by="zspa_vllm/seam/qwen3_vl_moe.py"),
     _f("vllm.multimodal.utils", "copy_mm_embedding_modality", by=_MQ),
+    # Qwen3.5 (dense, MoE): Qwen3-VL subclasses with a hybrid language model.
+    _f("vllm.model_executor.models.qwen3_5", "Qwen3_5ForConditionalGeneration",
+       by="zspa_vllm/seam/qwen3_5.py"),
+    _f("vllm.model_executor.models.qwen3_5", "Qwen3_5MoeForConditionalGeneration",
+       by="zspa_vllm/seam/qwen3_5.py"),
+    _f("vllm.model_executor.models.qwen3_5", "Qwen3_5ProcessingInfo",
+       by="zspa_vllm/seam/qwen3_5.py"),
+    _f("vllm.model_executor.models.qwen3_5", "Qwen3_5MoeProcessingInfo",
+       by="zspa_vllm/seam/qwen3_5.py"),
     # Gemma 3.
     _f(_G3, "Gemma3ForConditionalGeneration.embed_multimodal", by=_MG),
     _f(_G3, "Gemma3MultiModalProcessor"),

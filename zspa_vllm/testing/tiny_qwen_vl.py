@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zspa_vllm.testing.tiny_llava import bpe_tokenizer, sharpen
 
-VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -43,7 +43,14 @@ CHAT_TEMPLATE = (
 # 28x28 pixels for Qwen2/2.5-VL, patch 14; 32x32 for Qwen3-VL, patch 16).
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 448 * 448
-PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16, "qwen3_vl_moe": 16}
+PATCH = {
+    "qwen2_vl": 14,
+    "qwen2_5_vl": 14,
+    "qwen3_vl": 16,
+    "qwen3_vl_moe": 16,
+    "qwen3_5": 16,
+    "qwen3_5_moe": 16,
+}
 
 
 def _tokenizer():
@@ -85,6 +92,10 @@ def build_tiny_qwen_vl(
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5MoeConfig,
+        Qwen3_5MoeForConditionalGeneration,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
         Qwen3VLMoeConfig,
@@ -165,6 +176,47 @@ def build_tiny_qwen_vl(
                 "norm_topk_prob": True,
             }
             config_cls, model_cls = Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+    elif variant in ("qwen3_5", "qwen3_5_moe"):
+        # A Gated DeltaNet layer, then a full-attention layer with partial rotary (a quarter
+        # of head_dim 64: 8 frequencies, M-RoPE sections 2 + 3 + 3), as the released
+        # hybrids interleave them (3 : 1 there).
+        text |= {
+            "head_dim": 64,
+            "layer_types": ["linear_attention", "full_attention"],
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            # vLLM's CPU Gated DeltaNet kernel takes head dims of 64 or more.
+            "linear_key_head_dim": 64,
+            "linear_value_head_dim": 64,
+            "linear_conv_kernel_dim": 4,
+        }
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        }
+        vision = common | {
+            "hidden_size": v_hidden,
+            "out_hidden_size": t_hidden,
+            "intermediate_size": v_inter,
+            "num_position_embeddings": 256,  # no deepstack in Qwen3.5
+        }
+        config_cls, model_cls, proc_cls = (
+            Qwen3_5Config,
+            Qwen3_5ForConditionalGeneration,
+            Qwen3VLProcessor,
+        )
+        if variant == "qwen3_5_moe":
+            # Every layer sparse (4 experts, 2 per token) plus the shared expert.
+            text |= {
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": 3 * t_inter // 8,
+                "shared_expert_intermediate_size": 3 * t_inter // 8,
+            }
+            config_cls, model_cls = Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
     else:
         vision = common | {
             "hidden_size": v_hidden,
@@ -193,7 +245,7 @@ def build_tiny_qwen_vl(
     if scale == "tiny":
         sharpen(model, vision="visual")
     model.save_pretrained(path)
-    if variant == "qwen3_vl_moe":
+    if variant in ("qwen3_vl_moe", "qwen3_5_moe"):
         _official_expert_layout(path)
 
     # Images from (4 patches)^2 to (side patches)^2: MIN_PIXELS / MAX_PIXELS at patch 14, tiny.
