@@ -100,6 +100,15 @@ def tiny_qwen3_5_moe(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_5_attn(tmp_path_factory) -> str:
+    """Qwen3.5 with every layer full attention (no Gated DeltaNet): runs in float32."""
+    from zspa_vllm.testing.tiny_qwen_vl import build_tiny_qwen_vl
+
+    path = tmp_path_factory.mktemp("qwen3_5_attn")
+    return str(build_tiny_qwen_vl(path, variant="qwen3_5_attn"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma3(tmp_path_factory) -> str:
     """A random-weight Gemma 3 checkpoint (SigLIP pooled to 64 soft tokens, sliding window)."""
     from zspa_vllm.testing.tiny_gemma3 import build_tiny_gemma3

@@ -1,16 +1,20 @@
 """Qwen3.5 (dense and MoE) end to end on tiny random-weight checkpoints: a Gated DeltaNet layer
 and a full-attention layer with partial rotary M-RoPE, Qwen3-VL's vision tower (no deepstack).
 
-The pruning code path is Qwen3-VL's (test_qwen3_vl.py holds it to the float32 bar). What
-differs here is the precision: vLLM 0.32's CPU Gated DeltaNet kernel runs in bfloat16 only
-("CPU GDN attention requires BF16"), so vLLM and the independent HF transformers pipeline
-both run in bfloat16, and two bfloat16 implementations of the same network differ by
-rounding. The bar is therefore calibrated in each run: the log-prob gap between *stock*
-vLLM (nothing pruned) and HF on the same prompt is the noise floor; a pruned run must stay
-within 3 x that floor of HF pruned the same way, with the same prompt ids and greedy
-tokens, and at least 1.5 x closer to it than to a control (uniform selection, same count).
-Prompt lengths are exact, as for every family. The engine runs with prefix caching and
-chunked prefill on."""
+Two bars, because vLLM 0.32's CPU Gated DeltaNet kernel runs in bfloat16 only ("CPU GDN
+attention requires BF16"):
+
+* The hybrid checkpoints (dense, MoE), vLLM and the independent HF transformers pipeline both in
+  bfloat16. Two bfloat16 implementations of one network differ by rounding, so the bar is
+  calibrated in each run: the log-prob gap between *stock* vLLM (nothing pruned) and HF on the
+  same prompt is the noise floor; a pruned run must stay within 3 x that floor of HF pruned the
+  same way, with the same prompt ids and greedy tokens, and be at least 1.5 x closer to it than
+  to a control (uniform selection, same count). Prompt lengths exact; prefix caching and
+  chunked prefill on.
+* A checkpoint of the same classes with every layer full attention (no Gated DeltaNet), in
+  float32: HF within 1e-3 with a selection control and a position control, as every family.
+  Together: the Qwen3.5 classes, vision tower and M-RoPE are held to the exact bar, and the
+  hybrid language model runs the pruned prompts end to end."""
 
 from __future__ import annotations
 
@@ -129,3 +133,55 @@ def test_ratio_zero_equals_plugin_disabled(model):
     payload = {"model": path, "variant": variant, "engine": ENGINE, "batches": {"stock": STOCK}}
     stock = run_fresh(run_batches, payload, {"ZSPA_DISABLE": "1"})["stock"]
     assert [r[:2] for r in runs["stock"]] == [r[:2] for r in stock]
+
+
+# -- float32: the Qwen3.5 classes without Gated DeltaNet ---------------------------------------
+# Every layer full attention: vLLM's Qwen3_5ForConditionalGeneration, its vision tower (no
+# deepstack) and its partial-rotary interleaved M-RoPE, with no bfloat16-only kernel, so the
+# exact bar of every family applies: HF within 1e-3, with a selection control and a position
+# control (kept tokens at the first grid cells) that must both differ.
+# Prefix caching off: with it vLLM runs a hybrid model's state copies ("align" mode), which
+# assert the model has Gated DeltaNet layers (the bfloat16 tests above run it with the cache).
+F32 = {"enable_chunked_prefill": True, "max_num_batched_tokens": 32, "enable_prefix_caching": False}
+MORE_TEXT = CASES["image then more text"]
+F32_BATCHES = {
+    **{f"two {r}": [[TWO[0], HF_IMAGES, [], {"prune_ratio": r}]] for r in (0.0, 0.5, 0.9)},
+    **{
+        f"text {r}": [[MORE_TEXT[0], [list(s) for s in MORE_TEXT[1]], [], {"prune_ratio": r}]]
+        for r in (0.5, 0.9)
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def float32_runs(tiny_qwen3_5_attn) -> dict:
+    payload = {
+        "model": tiny_qwen3_5_attn, "variant": "qwen3_5_attn", "engine": F32,
+        "batches": F32_BATCHES,
+    }  # fmt: skip
+    return run_fresh(run_batches, payload)
+
+
+@pytest.mark.parametrize("case", ["two 0.0", "two 0.5", "two 0.9", "text 0.5", "text 0.9"])
+def test_float32_matches_hf_with_positions_of_the_unpruned_prompt(
+    float32_runs, tiny_qwen3_5_attn, case
+):
+    text, sizes = TWO if case.startswith("two") else MORE_TEXT
+    ratio = float(case.split()[1])
+    images = [qimage(s, w, h) for s, w, h in sizes]
+    ((ids, (_, tokens, _), got),) = float32_runs[case]
+    ref = {"ratio": ratio, "select": pruning.zspa_select}
+    want, want_tokens, want_ids = hf_reference(
+        tiny_qwen3_5_attn, "qwen3_5_attn", text, images, **ref
+    )
+    assert ids == want_ids
+    for token, logprob in got.items():
+        assert logprob == pytest.approx(float(want[int(token)]), abs=1e-3)
+    assert list(tokens) == want_tokens
+    if ratio == 0.0:
+        return
+    naive = hf_reference(tiny_qwen3_5_attn, "qwen3_5_attn", text, images, naive=True, **ref)[0]
+    assert _gap(got, naive) > 1e-2
+    ref["select"] = pruning.uniform_select
+    other = hf_reference(tiny_qwen3_5_attn, "qwen3_5_attn", text, images, **ref)[0]
+    assert _gap(got, other) > 1e-2

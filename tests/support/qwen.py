@@ -88,6 +88,7 @@ def _hf(path: str, variant: str):
         "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
         "qwen3_5": transformers.Qwen3_5ForConditionalGeneration,
         "qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration,
+        "qwen3_5_attn": transformers.Qwen3_5ForConditionalGeneration,
     }[variant]
     model = cls.from_pretrained(path, dtype=DTYPE.get(variant, torch.float32)).eval()
     return model, transformers.AutoProcessor.from_pretrained(path)

@@ -17,7 +17,15 @@ from pathlib import Path
 
 from zspa_vllm.testing.tiny_llava import bpe_tokenizer, sharpen
 
-VARIANTS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+VARIANTS = (
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_5_attn",
+)
 SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -50,6 +58,7 @@ PATCH = {
     "qwen3_vl_moe": 16,
     "qwen3_5": 16,
     "qwen3_5_moe": 16,
+    "qwen3_5_attn": 16,
 }
 
 
@@ -176,7 +185,7 @@ def build_tiny_qwen_vl(
                 "norm_topk_prob": True,
             }
             config_cls, model_cls = Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
-    elif variant in ("qwen3_5", "qwen3_5_moe"):
+    elif variant.startswith("qwen3_5"):
         # A Gated DeltaNet layer, then a full-attention layer with partial rotary (a quarter
         # of head_dim 64: 8 frequencies, M-RoPE sections 2 + 3 + 3), as the released
         # hybrids interleave them (3 : 1 there).
@@ -190,6 +199,10 @@ def build_tiny_qwen_vl(
             "linear_value_head_dim": 64,
             "linear_conv_kernel_dim": 4,
         }
+        if variant == "qwen3_5_attn":
+            # Every layer full attention: no Gated DeltaNet, whose vLLM CPU kernel is
+            # bfloat16-only, so this one runs in float32 (the exact bar of every family).
+            text["layer_types"] = ["full_attention", "full_attention"]
         text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 10000.0,
