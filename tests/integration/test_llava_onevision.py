@@ -118,3 +118,27 @@ def test_video_at_ratio_zero_equals_plugin_disabled(tiny_llava_onevision, runs):
     payload = {"model": tiny_llava_onevision, "engine": ENGINE, "batches": stock}
     disabled = run_fresh(run_batches, payload, {"ZSPA_DISABLE": "1"})["stock"]
     assert disabled == runs["hf 0.0"]
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_llava_next", "tiny_llava_onevision"])
+def test_precomputed_embeddings_with_a_ratio_are_refused(request, checkpoint):
+    """Precomputed image embeddings (``enable_mm_embeds``) hold their newline rows, which only
+    the model's learned vector identifies, so the prompt cannot be built pruned: a ratio is a
+    clear error naming the field (not a crash), and the same request at ratio 0 is served."""
+    path = request.getfixturevalue(checkpoint)
+    prompt = "USER: <image>\ndescribe ASSISTANT:"
+    embeds = [{"embeds": [3, 100, 128]}]  # the tiny text models' hidden size
+    batches = {
+        "pruned": [[prompt, embeds, {"prune_ratio": 0.5}]],
+        "stock": [[prompt, embeds, {}]],
+    }
+    payload = {"model": path, "engine": {"enable_mm_embeds": True, **LIMITS}, "batches": batches}
+    runs = run_fresh(run_batches, payload)
+    error = runs["pruned"]["error"]
+    assert "prune_ratio" in error and "embeddings" in error
+    ((ids, tokens, _),) = runs["stock"]
+    from transformers import AutoTokenizer
+
+    image = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<image>")
+    assert count(ids, image) == 100  # every embedding row, unpruned
+    assert len(tokens) == 4

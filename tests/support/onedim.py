@@ -37,7 +37,7 @@ def run_batches(payload: dict) -> dict:
     for name, specs in payload["batches"].items():
         reqs = [
             request(
-                t, [qimage(*s) for s in imgs], [qvideo(*v) for v in vids[0]] if vids else (), **kw
+                t, [_image(s) for s in imgs], [qvideo(*v) for v in vids[0]] if vids else (), **kw
             )
             for t, imgs, kw, *vids in specs
         ]
@@ -62,6 +62,15 @@ def run_batches(payload: dict) -> dict:
             for o in outs
         ]
     return out
+
+
+def _image(spec):
+    """``[seed, w, h]``: an image; ``{"embeds": [seed, rows, dim]}``: precomputed embeddings
+    (random, for an engine with ``enable_mm_embeds``)."""
+    if isinstance(spec, dict):
+        seed, n, dim = spec["embeds"]
+        return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    return qimage(*spec)
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,9 +20,9 @@ from vllm.model_executor.models.llava_next import (
     LlavaNextProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageProcessorItems
+from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 
-from zspa_vllm import families
+from zspa_vllm import config, families
 from zspa_vllm.seam.llava import LlavaTokenCount
 from zspa_vllm.seam.processor import PruningProcessorMixin
 from zspa_vllm.seam.worker import PruningModelMixin
@@ -36,19 +36,30 @@ class PruningLlavaNextProcessor(
     zspa_family = FAMILY
 
     def _zspa_fixed_slots(self, mm_items, modality: str, item_idx: int) -> int:
-        return image_newlines(self.info, mm_items, item_idx)
+        return image_newlines(self.info, mm_items, item_idx, FAMILY.architecture)
 
 
-def image_newlines(info, mm_items, item_idx: int) -> int:
+def image_newlines(info, mm_items, item_idx: int, architecture: str) -> int:
     """The ``image_newline`` rows of an image: one per row of its unpadded crop grid, as
     the stock processing info counts them (LLaVA-OneVision's also after its anyres-max
-    shrink)."""
-    images = mm_items.get_items("image", ImageProcessorItems)  # embeddings: not pruned
+    shrink).
+
+    Raises:
+        ValueError: for precomputed image embeddings (``--enable-mm-embeds``): their newline
+            rows are only found by comparing with the learned vector, which the API-server
+            process does not hold, so the prompt cannot be built; they run at ratio 0.
+    """
+    images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
+    if isinstance(images, ImageEmbeddingItems):
+        raise ValueError(
+            f"{config.RATIO_KEY} must be 0 for precomputed image embeddings on "
+            f"{architecture}: zspa-vllm prunes images it encodes itself"
+        )
     size = images.get_image_size(item_idx)
-    config, encoder = info.get_hf_config(), info.get_vision_encoder_info()
+    hf_config, encoder = info.get_hf_config(), info.get_vision_encoder_info()
     rows, cols = get_anyres_image_grid_shape(
         image_size=(size.height, size.width),
-        grid_pinpoints=config.image_grid_pinpoints,
+        grid_pinpoints=hf_config.image_grid_pinpoints,
         patch_size=encoder.get_image_size(),
     )
     _, newlines = info._get_num_unpadded_features(

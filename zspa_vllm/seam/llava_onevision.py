@@ -54,7 +54,7 @@ class PruningLlavaOnevisionProcessor(
     def _zspa_fixed_slots(self, mm_items, modality: str, item_idx: int) -> int:
         if modality == "video":
             return VIDEO_NEWLINES
-        return image_newlines(self.info, mm_items, item_idx)
+        return image_newlines(self.info, mm_items, item_idx, FAMILY.architecture)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
