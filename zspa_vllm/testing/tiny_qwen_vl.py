@@ -150,6 +150,13 @@ def build_tiny_qwen_vl(
         "temporal_patch_size": 2,
         "in_channels": 3,
     }
+    # Qwen3-VL's tower (Qwen3.5's too, without deepstack).
+    qwen3_vision = common | {
+        "hidden_size": v_hidden,
+        "out_hidden_size": t_hidden,
+        "intermediate_size": v_inter,
+        "num_position_embeddings": 256,  # a 16x16 table, interpolated per image
+    }
     if variant == "qwen2_vl":
         vision = common | {"embed_dim": v_hidden, "hidden_size": t_hidden, "mlp_ratio": 2}
         config_cls, model_cls, proc_cls = (
@@ -160,13 +167,7 @@ def build_tiny_qwen_vl(
     elif variant in ("qwen3_vl", "qwen3_vl_moe"):
         text |= {"head_dim": t_hidden // t_heads}
         text["rope_parameters"] |= {"mrope_interleaved": True}
-        vision = common | {
-            "hidden_size": v_hidden,
-            "out_hidden_size": t_hidden,
-            "intermediate_size": v_inter,
-            "num_position_embeddings": 256,  # a 16x16 table, interpolated per image
-            "deepstack_visual_indexes": [0],
-        }
+        vision = qwen3_vision | {"deepstack_visual_indexes": [0]}
         config_cls, model_cls, proc_cls = (
             Qwen3VLConfig,
             Qwen3VLForConditionalGeneration,
@@ -210,12 +211,7 @@ def build_tiny_qwen_vl(
             "mrope_section": [2, 3, 3],
             "mrope_interleaved": True,
         }
-        vision = common | {
-            "hidden_size": v_hidden,
-            "out_hidden_size": t_hidden,
-            "intermediate_size": v_inter,
-            "num_position_embeddings": 256,  # no deepstack in Qwen3.5
-        }
+        vision = qwen3_vision  # no deepstack in Qwen3.5
         config_cls, model_cls, proc_cls = (
             Qwen3_5Config,
             Qwen3_5ForConditionalGeneration,
